@@ -1,0 +1,130 @@
+/* State shared by the reactor's files: the loop struct and the objects it tracks. Private. */
+#ifndef RX_LOOP_INTERNAL_H
+#define RX_LOOP_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+
+#include <rx/channel.h>
+#include <rx/loop.h>
+#include <rx/signal.h>
+#include <rx/timer.h>
+
+#include "sys.h"
+
+struct rx_channel {
+    rx_loop *loop;
+    int fd;
+    uint32_t flags;
+    uint32_t interest;
+    bool registered; /* in the epoll set */
+    bool closed;     /* close requested; pending events are dropped */
+    rx_channel_fn cb;
+    void *arg;
+    rx_task_fn destructor;
+    /* Doubly linked list of live channels, so rx_loop_free can release them; a closed channel
+     * moves to the loop's singly linked graveyard until the end of the iteration. */
+    rx_channel *prev, *next;
+};
+
+struct rx_timer {
+    rx_loop *loop;
+    rx_timer_fn cb;
+    void *arg;
+    uint64_t due_ms;
+    uint64_t repeat_ms;
+    uint64_t seq;          /* start order: ties on due_ms fire in the order they were started */
+    size_t heap_index;     /* position in loop->timers, or RX_TIMER_IDLE */
+    rx_timer *prev, *next; /* every timer of the loop, running or not, for rx_loop_free */
+    rx_timer *next_dead;   /* graveyard link */
+};
+
+#define RX_TIMER_IDLE ((size_t)-1)
+
+/* Channel flag of the loop's own fds (wake-up eventfd, signalfd): not counted as user events. */
+#define RX_CHANNEL_INTERNAL (1u << 31)
+
+struct rx_task {
+    rx_task_fn fn;
+    void *arg;
+    struct rx_task *next;
+};
+
+struct rx_hook {
+    rx_task_fn fn;
+    void *arg;
+};
+
+#define RX_MAX_EVENTS 512
+
+struct rx_loop {
+    int epfd;
+    struct epoll_event evbuf[RX_MAX_EVENTS];
+    bool running; /* inside rx_loop_run_once: frees are deferred */
+    atomic_bool stop;
+    uint64_t now_ns;
+    uint64_t now_ms;
+    uint64_t iterations;
+    uint64_t events;
+
+    rx_channel *channels;  /* live channels */
+    rx_channel *graveyard; /* closed, released at the end of the iteration */
+
+    /* Timers: a binary min-heap ordered by (due_ms, seq). */
+    rx_timer **timers;
+    rx_timer *all_timers;
+    size_t ntimers, timers_cap;
+    uint64_t timer_seq;
+    uint64_t timer_seq_limit; /* timer_seq when the current iteration's poll returned */
+    rx_timer *dead_timers;    /* freed during an iteration, released at its end */
+
+    /* Hooks run before each poll. Removal during the hook pass only clears fn, compacted after. */
+    struct rx_hook *hooks;
+    size_t nhooks, hooks_cap;
+    bool hooks_dirty;
+
+    /* Posted tasks: a locked FIFO plus an eventfd to wake epoll_wait. */
+    pthread_mutex_t post_lock;
+    struct rx_task *post_head, *post_tail;
+    bool wake_pending; /* eventfd already written and not yet drained (under post_lock) */
+    int wakefd;
+    rx_channel *wake_channel;
+
+    /* A read buffer lent to one connection at a time, so reading needs no per-connection memory
+     * until a message stays incomplete (see src/tcp/conn.c). */
+    char *scratch;
+
+    /* Signals: one signalfd for every watched signal. */
+    struct rx_signal_state *signals;
+};
+
+#define RX_SCRATCH_SIZE (64 * 1024)
+
+/* The loop's scratch read buffer (RX_SCRATCH_SIZE bytes, allocated on first use; NULL on ENOMEM),
+ * and forgetting it once a borrower took its memory over. */
+RX_INTERNAL char *rx_loop_scratch(rx_loop *loop);
+RX_INTERNAL void rx_loop_scratch_forget(rx_loop *loop);
+
+/* Timers (timer.c). */
+RX_INTERNAL int rx_timer_next_timeout(rx_loop *loop); /* ms until the nearest timer, -1 when none */
+RX_INTERNAL void rx_timer_run_due(rx_loop *loop);
+RX_INTERNAL void rx_timer_free_all(rx_loop *loop);
+RX_INTERNAL void rx_timer_reap(rx_loop *loop);
+
+/* Channels (channel.c). */
+RX_INTERNAL void rx_channel_reap(rx_loop *loop);
+RX_INTERNAL void rx_channel_free_all(rx_loop *loop);
+
+/* Posted tasks (post.c). */
+RX_INTERNAL int rx_post_init(rx_loop *loop);
+RX_INTERNAL void rx_post_run(rx_loop *loop);
+RX_INTERNAL void rx_post_wake(rx_loop *loop);
+RX_INTERNAL void rx_post_free(rx_loop *loop);
+
+/* Signals (signal.c). */
+RX_INTERNAL void rx_signal_free_all(rx_loop *loop);
+
+#endif

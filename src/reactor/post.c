@@ -1,0 +1,104 @@
+/* Cross-thread post: a mutex-protected FIFO of tasks drained once per iteration, and an eventfd
+ * that wakes epoll_wait. The eventfd is written only when no wake-up is already pending, so a
+ * burst of posts costs one write. */
+#include "loop_internal.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+static void on_wake(rx_channel *ch, uint32_t ready, void *arg) {
+    (void)ready;
+    (void)arg;
+    uint64_t count;
+    while (read(rx_channel_fd(ch), &count, sizeof(count)) < 0 && errno == EINTR) {
+    }
+}
+
+int rx_post_init(rx_loop *loop) {
+    int rc = pthread_mutex_init(&loop->post_lock, NULL);
+    if (rc != 0)
+        return -rc;
+    loop->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (loop->wakefd < 0)
+        return -errno;
+    loop->wake_channel =
+        rx_channel_new(loop, loop->wakefd, RX_CHANNEL_OWNS_FD | RX_CHANNEL_INTERNAL, on_wake, NULL);
+    if (!loop->wake_channel) {
+        rc = -errno;
+        close(loop->wakefd);
+        loop->wakefd = -1;
+        return rc;
+    }
+    return rx_channel_set_interest(loop->wake_channel, RX_READABLE);
+}
+
+static void write_wake(rx_loop *loop) {
+    uint64_t one = 1;
+    /* EAGAIN means the counter is saturated, which still wakes the loop. */
+    while (write(loop->wakefd, &one, sizeof(one)) < 0 && errno == EINTR) {
+    }
+}
+
+void rx_post_wake(rx_loop *loop) {
+    pthread_mutex_lock(&loop->post_lock);
+    bool need = !loop->wake_pending;
+    loop->wake_pending = true;
+    pthread_mutex_unlock(&loop->post_lock);
+    if (need)
+        write_wake(loop);
+}
+
+int rx_loop_post(rx_loop *loop, rx_task_fn fn, void *arg) {
+    if (!fn)
+        return -EINVAL;
+    struct rx_task *task = rx_sys.malloc(sizeof(*task));
+    if (!task)
+        return -ENOMEM;
+    task->fn = fn;
+    task->arg = arg;
+    task->next = NULL;
+    pthread_mutex_lock(&loop->post_lock);
+    if (loop->post_tail)
+        loop->post_tail->next = task;
+    else
+        loop->post_head = task;
+    loop->post_tail = task;
+    bool need = !loop->wake_pending;
+    loop->wake_pending = true;
+    pthread_mutex_unlock(&loop->post_lock);
+    if (need)
+        write_wake(loop);
+    return 0;
+}
+
+void rx_post_run(rx_loop *loop) {
+    /* Take the whole queue at once: tasks posted while these run go to a fresh queue and wait
+     * for the next pass, so a task that re-posts itself cannot starve the loop. */
+    pthread_mutex_lock(&loop->post_lock);
+    struct rx_task *task = loop->post_head;
+    loop->post_head = loop->post_tail = NULL;
+    loop->wake_pending = false;
+    pthread_mutex_unlock(&loop->post_lock);
+    while (task) {
+        struct rx_task *next = task->next;
+        task->fn(task->arg);
+        rx_sys.free(task);
+        task = next;
+    }
+}
+
+void rx_post_free(rx_loop *loop) {
+    if (loop->wakefd < 0)
+        return; /* rx_post_init never got that far */
+    struct rx_task *task = loop->post_head;
+    while (task) {
+        struct rx_task *next = task->next;
+        rx_sys.free(task);
+        task = next;
+    }
+    loop->post_head = loop->post_tail = NULL;
+    rx_channel_close(loop->wake_channel);
+    pthread_mutex_destroy(&loop->post_lock);
+}
