@@ -1,0 +1,140 @@
+/* rx_conn: one non-blocking stream connection (TCP or unix) with input and output buffers,
+ * send-now-else-queue, backpressure marks, half-close, idle timeout and deferred close. */
+#ifndef RX_CONN_H
+#define RX_CONN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <rx/addr.h>
+#include <rx/buffer.h>
+#include <rx/loop.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct rx_conn rx_conn;
+
+typedef enum rx_conn_state {
+    RX_CONN_CONNECTING, /* connect in progress (connector) */
+    RX_CONN_OPEN,
+    RX_CONN_HALF_CLOSED, /* one direction has ended: our write side shut, or the peer's */
+    RX_CONN_CLOSING,     /* rx_conn_close called: writing what is queued, no longer reading */
+    RX_CONN_CLOSED,      /* fd closed; on_close runs at the end of the iteration */
+} rx_conn_state;
+
+typedef enum rx_close_reason {
+    RX_CLOSE_PEER,    /* orderly end of stream from the peer (and our output was written) */
+    RX_CLOSE_RESET,   /* ECONNRESET / EPIPE: the peer went away abruptly */
+    RX_CLOSE_TIMEOUT, /* idle timeout or connect timeout */
+    RX_CLOSE_LOCAL,   /* rx_conn_close / rx_conn_abort, a server stop or rx_loop_free */
+    RX_CLOSE_ERROR,   /* another error: see err (ECONNREFUSED, ENOMEM, ...) */
+} rx_close_reason;
+
+/* Every callback is optional. The table is not copied: it must outlive the connections. */
+typedef struct rx_conn_callbacks {
+    /* The connection is established (accepted, or the connect completed). */
+    void (*on_open)(rx_conn *c, void *arg);
+    /* New bytes are in `in`. Consume what you parsed (rx_buffer_consume); the rest stays for the
+     * next call. Do not keep pointers into `in` past this call; do not append to it. Output
+     * appended to rx_conn_output() during the call goes out in one write when it returns. */
+    void (*on_data)(rx_conn *c, rx_buffer *in, void *arg);
+    /* Output that had to wait for the socket has all been written. */
+    void (*on_drain)(rx_conn *c, void *arg);
+    /* Queued output rose above the high-water mark / fell back below the low-water mark. */
+    void (*on_high_water)(rx_conn *c, size_t queued, void *arg);
+    void (*on_low_water)(rx_conn *c, size_t queued, void *arg);
+    /* The peer shut its write side. When set, the connection stays open for writing and the
+     * owner closes it; when NULL, rx writes what is queued and closes with RX_CLOSE_PEER. */
+    void (*on_eof)(rx_conn *c, void *arg);
+    /* The idle timeout passed with no activity. When set, the connection stays open and the owner
+     * decides (answer and close, or wait again: the timeout restarts); when NULL, rx closes with
+     * RX_CLOSE_TIMEOUT. */
+    void (*on_timeout)(rx_conn *c, void *arg);
+    /* Last callback, exactly once, at the end of the iteration in which the connection closed
+     * (or in rx_loop_free). err is 0 or a negative errno. The connection memory is released after
+     * it returns; free your context here. */
+    void (*on_close)(rx_conn *c, rx_close_reason reason, int err, void *arg);
+} rx_conn_callbacks;
+
+typedef struct rx_conn_opts {
+    size_t high_water;        /* 0: 1 MiB */
+    size_t low_water;         /* 0: high_water / 4 */
+    uint64_t idle_timeout_ms; /* 0: none */
+    bool nagle;               /* leave Nagle's algorithm on (TCP_NODELAY is set by default) */
+    bool keepalive;           /* SO_KEEPALIVE */
+} rx_conn_opts;
+
+/* Wraps a connected non-blocking socket, which the connection then owns (also on failure).
+ * Reading starts at once; on_open is not called (the caller knows). opts may be NULL.
+ * The loop owns the memory (released after on_close). Returns NULL and sets errno. */
+rx_conn *rx_conn_new(rx_loop *loop, int fd, const rx_conn_opts *opts, const rx_conn_callbacks *cbs,
+                     void *arg);
+
+/* Sends n bytes: writes at once when nothing is queued, queues what the socket did not take and
+ * watches for writability only while something is queued. Returns 0, -EPIPE when the connection
+ * is closing or its write side is shut, or -ENOMEM (nothing queued). */
+int rx_conn_send(rx_conn *c, const void *data, size_t n);
+
+/* Like rx_conn_send for several pieces (a header and a payload) with one writev. */
+int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt);
+
+/* Queues len bytes of file fd from offset, after everything queued before, sent with sendfile.
+ * The connection takes ownership of fd and closes it when sent or on close (also on error).
+ * Returns 0, -EPIPE, -ENOMEM. */
+int rx_conn_sendfile(rx_conn *c, int fd, off_t offset, size_t len);
+
+/* The output buffer, for building output in place. What is appended goes out, after anything
+ * queued before, when on_data returns or at rx_conn_flush. */
+rx_buffer *rx_conn_output(rx_conn *c);
+
+/* Writes what is queued as far as the socket takes it. Returns 0 or a negative errno (the
+ * connection is then closed). */
+int rx_conn_flush(rx_conn *c);
+
+/* The input buffer: bytes read and not yet consumed (for an owner that stopped consuming and
+ * resumes outside on_data). */
+rx_buffer *rx_conn_input(rx_conn *c);
+
+/* Bytes queued for output (buffered and file ranges). */
+size_t rx_conn_queued(const rx_conn *c);
+
+/* Stops / resumes reading (backpressure). Data already read stays in the input buffer. */
+void rx_conn_pause_read(rx_conn *c);
+void rx_conn_resume_read(rx_conn *c);
+
+/* Shuts the write side once the queue is written (half-close); reading goes on. */
+void rx_conn_shutdown(rx_conn *c);
+
+/* Graceful close: stop reading, write what is queued, then close (RX_CLOSE_LOCAL). */
+void rx_conn_close(rx_conn *c);
+
+/* Closes at once with a TCP reset (SO_LINGER 0), dropping queued output (RX_CLOSE_LOCAL). */
+void rx_conn_abort(rx_conn *c);
+
+/* Changes the idle timeout (0: none). Activity (a read or a write) restarts it; O(1). */
+int rx_conn_set_idle_timeout(rx_conn *c, uint64_t ms);
+
+rx_conn_state rx_conn_get_state(const rx_conn *c);
+rx_loop *rx_conn_loop(const rx_conn *c);
+void *rx_conn_arg(const rx_conn *c);
+void rx_conn_set_arg(rx_conn *c, void *arg);
+int rx_conn_fd(const rx_conn *c);
+
+/* Peer and local addresses (getpeername/getsockname). Return 0 or a negative errno. */
+int rx_conn_peer_addr(const rx_conn *c, rx_addr *out);
+int rx_conn_local_addr(const rx_conn *c, rx_addr *out);
+
+/* Counters: bytes read from and written to the socket. */
+unsigned long long rx_conn_bytes_in(const rx_conn *c);
+unsigned long long rx_conn_bytes_out(const rx_conn *c);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

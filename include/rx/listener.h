@@ -1,0 +1,54 @@
+/* rx_listener: a listening socket that accepts in batches and survives running out of fds. */
+#ifndef RX_LISTENER_H
+#define RX_LISTENER_H
+
+#include <stdbool.h>
+
+#include <rx/addr.h>
+#include <rx/loop.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct rx_listener rx_listener;
+
+/* Gets each accepted fd (non-blocking, close-on-exec), which it then owns, and the peer. */
+typedef void (*rx_accept_fn)(rx_listener *l, int fd, const rx_addr *peer, void *arg);
+
+typedef struct rx_listener_opts {
+    int backlog;       /* listen(2) backlog; 0: SOMAXCONN */
+    bool reuseport;    /* SO_REUSEPORT, to share the port between processes or loops */
+    int accept_batch;  /* accept4 calls per wake-up at most, for fairness; 0: 64 */
+    unsigned retry_ms; /* pause after EMFILE/ENFILE with no spare fd left; 0: 100 ms */
+} rx_listener_opts;
+
+/* Binds and listens on addr (see rx_addr_parse; SO_REUSEADDR is always set; a stale unix
+ * socket file is not removed). opts may be NULL. The caller owns the listener. Returns NULL and
+ * sets errno: EINVAL for a malformed address, EADDRINUSE, EACCES, ENOMEM, ... */
+rx_listener *rx_listener_new(rx_loop *loop, const char *addr, const rx_listener_opts *opts,
+                             rx_accept_fn cb, void *arg);
+
+/* The bound address (with the port the kernel chose for port 0). */
+const rx_addr *rx_listener_addr(const rx_listener *l);
+
+/* Stops / resumes accepting; connections wait in the kernel backlog meanwhile. Resume does not cut
+ * short an error back-off: its timer resumes by itself. */
+void rx_listener_pause(rx_listener *l);
+void rx_listener_resume(rx_listener *l);
+
+/* Counters: connections accepted, and connections shed (accepted and closed at once) because
+ * the process was out of fds. */
+unsigned long long rx_listener_accepted(const rx_listener *l);
+unsigned long long rx_listener_shed(const rx_listener *l);
+
+/* Closes the socket and releases the listener; safe from any callback. A unix socket file is
+ * removed (only if it is still the one this listener made). rx_loop_free releases a listener still
+ * alive, after which its pointer is dangling. */
+void rx_listener_free(rx_listener *l);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

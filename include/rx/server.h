@@ -1,0 +1,51 @@
+/* rx_server: a listener plus the set of its connections, with limits and a graceful stop. */
+#ifndef RX_SERVER_H
+#define RX_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <rx/conn.h>
+#include <rx/listener.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct rx_server rx_server;
+
+typedef struct rx_server_opts {
+    const char *listen;           /* address, see rx_addr_parse */
+    rx_listener_opts listener;    /* backlog, SO_REUSEPORT, accept batch */
+    rx_conn_opts conn;            /* per-connection marks, idle timeout, TCP options */
+    size_t max_conns;             /* 0: no limit; over it new connections are closed at once */
+    const rx_conn_callbacks *cbs; /* for every connection; must outlive the server */
+    void *arg;                    /* initial arg of every connection (rx_conn_set_arg changes it) */
+} rx_server_opts;
+
+/* Starts listening and accepting. on_open runs for each accepted connection. The caller owns the
+ * server. Returns NULL and sets errno (EINVAL, EADDRINUSE, ENOMEM, ...). */
+rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts);
+
+const rx_addr *rx_server_addr(const rx_server *s);
+
+/* Graceful stop: stops accepting now, lets open connections go on until they close or
+ * deadline_ms passes, then closes the rest (queued output is still written; a connection that
+ * cannot write it within another deadline_ms is aborted). on_stopped(arg) runs once no connection
+ * is left. Safe from any callback. */
+void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, void *arg);
+
+/* Connections open now, and accepted since the start. */
+size_t rx_server_conn_count(const rx_server *s);
+unsigned long long rx_server_accepted(const rx_server *s);
+
+/* Closes the listener and aborts every connection still open (their on_close runs with
+ * RX_CLOSE_LOCAL at the end of the iteration, or now outside rx_loop_run). Safe from any
+ * callback. */
+void rx_server_free(rx_server *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

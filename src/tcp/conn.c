@@ -1,0 +1,553 @@
+/* rx_conn: reading into a borrowed scratch buffer, send-now-else-queue with EPOLLOUT watched only
+ * while output waits, file ranges ordered with buffered bytes, water marks, half-close, idle
+ * timeout, and a close whose on_close runs at the end of the iteration. */
+#include "conn_internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "loop_internal.h"
+
+#define DEFAULT_HIGH_WATER (1024 * 1024)
+
+static void on_event(rx_channel *ch, uint32_t ready, void *arg);
+
+size_t rx_conn_queued(const rx_conn *c) { return rx_buffer_len(&c->out) + c->file_bytes; }
+
+static bool closing_or_closed(const rx_conn *c) {
+    return c->state == RX_CONN_CLOSING || c->state == RX_CONN_CLOSED;
+}
+
+static void touch(rx_conn *c) { c->last_active = rx_loop_now_ms(c->loop); }
+
+static void update_interest(rx_conn *c) {
+    if (c->state == RX_CONN_CLOSED)
+        return;
+    uint32_t want = 0;
+    if (c->state == RX_CONN_CONNECTING)
+        want = RX_WRITABLE;
+    else {
+        bool reading = !c->read_paused && !c->peer_eof && c->state != RX_CONN_CLOSING;
+        if (reading)
+            want |= RX_READABLE;
+        if (c->waiting_write)
+            want |= RX_WRITABLE;
+    }
+    int rc = rx_channel_set_interest(c->ch, want);
+    if (rc < 0)
+        rx_conn_close_now(c, RX_CLOSE_ERROR, rc);
+}
+
+static void release_file_segs(rx_conn *c) {
+    for (size_t i = 0; i < c->nsegs; i++)
+        close(c->segs[(c->seg_head + i) % c->segs_cap].fd);
+    rx_sys.free(c->segs);
+    c->segs = NULL;
+    c->nsegs = c->segs_cap = c->seg_head = 0;
+    c->seg_before = c->file_bytes = 0;
+}
+
+/* The channel destructor: the end of the iteration in which the connection closed, or
+ * rx_loop_free. */
+static void finalize(void *arg) {
+    rx_conn *c = arg;
+    if (c->state != RX_CONN_CLOSED) { /* released by rx_loop_free while open */
+        c->state = RX_CONN_CLOSED;
+        c->reason = RX_CLOSE_LOCAL;
+        c->err = 0;
+    }
+    if (c->owner_release)
+        c->owner_release(c, c->owner);
+    if (c->cbs->on_close)
+        c->cbs->on_close(c, c->reason, c->err, c->arg);
+    rx_connect_release(c);
+    rx_timer_free(c->idle);
+    rx_buffer_free(&c->in);
+    rx_buffer_free(&c->out);
+    release_file_segs(c);
+    rx_sys.free(c);
+}
+
+void rx_conn_close_now(rx_conn *c, rx_close_reason reason, int err) {
+    if (c->state == RX_CONN_CLOSED)
+        return;
+    c->state = RX_CONN_CLOSED;
+    c->reason = reason;
+    c->err = err;
+    if (c->idle)
+        rx_timer_stop(c->idle);
+    rx_channel_close(c->ch); /* closes the fd; finalize runs at the end of the iteration */
+}
+
+static rx_close_reason reason_for(int err) {
+    return err == -ECONNRESET || err == -EPIPE ? RX_CLOSE_RESET : RX_CLOSE_ERROR;
+}
+
+static void set_high(rx_conn *c) {
+    size_t q = rx_conn_queued(c);
+    if (!c->above_high && q > c->high_water) {
+        c->above_high = true;
+        if (c->cbs->on_high_water)
+            c->cbs->on_high_water(c, q, c->arg);
+    }
+}
+
+/* Sends buffered bytes up to the next file range, then that range, and so on. Returns 0 when the
+ * queue is empty or the socket is full, or a negative errno. */
+static int write_queue(rx_conn *c) {
+    while (rx_conn_queued(c) > 0) {
+        struct rx_file_seg *seg = c->nsegs ? &c->segs[c->seg_head] : NULL;
+        ssize_t n;
+        if (seg && seg->before == 0) {
+            size_t chunk = seg->len > (size_t)INT_MAX ? (size_t)INT_MAX : seg->len;
+            n = rx_sys.sendfile(c->fd, seg->fd, &seg->offset, chunk);
+            if (n == 0)
+                return -EIO; /* the file shrank under us: the promised bytes cannot come */
+            if (n > 0) {
+                seg->len -= (size_t)n;
+                c->file_bytes -= (size_t)n;
+                if (seg->len == 0) {
+                    close(seg->fd);
+                    c->seg_head = (c->seg_head + 1) % c->segs_cap;
+                    c->nsegs--;
+                }
+            }
+        } else {
+            size_t limit = seg ? seg->before : rx_buffer_len(&c->out);
+            n = rx_sys.send(c->fd, rx_buffer_peek(&c->out), limit, MSG_NOSIGNAL);
+            if (n > 0) {
+                rx_buffer_consume(&c->out, (size_t)n);
+                if (seg) {
+                    seg->before -= (size_t)n;
+                    c->seg_before -= (size_t)n;
+                }
+            }
+        }
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN ? 0 : -errno;
+        }
+        c->bytes_out += (size_t)n;
+    }
+    return 0;
+}
+
+/* Writes what is queued and settles interest, half-close and a pending close. `evented` is true
+ * when called because the socket became writable: only then are on_drain and on_low_water owed,
+ * so no user callback runs from inside rx_conn_send. */
+static int flush(rx_conn *c, bool evented) {
+    if (c->state == RX_CONN_CONNECTING || c->state == RX_CONN_CLOSED)
+        return 0;
+    size_t before = rx_conn_queued(c);
+    int rc = write_queue(c);
+    if (rc < 0) {
+        rx_conn_close_now(c, reason_for(rc), rc);
+        return rc;
+    }
+    size_t queued = rx_conn_queued(c);
+    if (queued < before)
+        touch(c);
+    if (queued == 0) {
+        rx_buffer_release_if_empty(&c->out);
+        if (c->shut_pending && !c->write_shut) {
+            shutdown(c->fd, SHUT_WR);
+            c->write_shut = true;
+        }
+        if (c->state == RX_CONN_CLOSING) {
+            rx_conn_close_now(c, c->reason, c->err);
+            return 0;
+        }
+    }
+    bool was_waiting = c->waiting_write;
+    c->waiting_write = queued > 0;
+    if (c->waiting_write != was_waiting)
+        update_interest(c);
+    if (c->above_high && queued <= c->low_water) {
+        c->above_high = false;
+        if (evented && c->cbs->on_low_water)
+            c->cbs->on_low_water(c, queued, c->arg);
+    }
+    set_high(c);
+    if (evented && queued == 0 && was_waiting && c->state != RX_CONN_CLOSED && c->cbs->on_drain)
+        c->cbs->on_drain(c, c->arg);
+    return 0;
+}
+
+int rx_conn_flush(rx_conn *c) { return flush(c, false); }
+
+rx_buffer *rx_conn_output(rx_conn *c) { return &c->out; }
+rx_buffer *rx_conn_input(rx_conn *c) { return &c->in; }
+
+static bool can_write(const rx_conn *c) {
+    return !closing_or_closed(c) && !c->write_shut && !c->shut_pending;
+}
+
+int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt) {
+    if (!can_write(c))
+        return -EPIPE;
+    if (iovcnt < 0 || iovcnt > IOV_MAX)
+        return -EINVAL;
+    size_t total = 0;
+    for (int i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len > SIZE_MAX - total)
+            return -EOVERFLOW;
+        total += iov[i].iov_len;
+    }
+    size_t written = 0;
+    /* Send now only when nothing is queued ahead and the caller is not batching in on_data. */
+    if (c->state != RX_CONN_CONNECTING && rx_conn_queued(c) == 0 && !c->in_data && total > 0) {
+        struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
+        ssize_t n;
+        do
+            n = rx_sys.sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+        while (n < 0 && errno == EINTR);
+        if (n < 0 && errno != EAGAIN) {
+            int err = -errno;
+            rx_conn_close_now(c, reason_for(err), err);
+            return err;
+        }
+        if (n > 0) {
+            written = (size_t)n;
+            c->bytes_out += written;
+            touch(c);
+        }
+    }
+    if (written == total)
+        return 0;
+    if (rx_buffer_reserve(&c->out, total - written) < 0) {
+        if (written == 0)
+            return -ENOMEM;
+        /* Part of the message is on the wire and the rest cannot be kept. */
+        rx_conn_close_now(c, RX_CLOSE_ERROR, -ENOMEM);
+        return -ENOMEM;
+    }
+    size_t skip = written;
+    for (int i = 0; i < iovcnt; i++) {
+        size_t len = iov[i].iov_len;
+        if (skip >= len) {
+            skip -= len;
+            continue;
+        }
+        rx_buffer_append(&c->out, (const char *)iov[i].iov_base + skip, len - skip);
+        skip = 0;
+    }
+    if (!c->in_data && c->state != RX_CONN_CONNECTING && !c->waiting_write) {
+        c->waiting_write = true;
+        update_interest(c);
+    }
+    set_high(c);
+    return 0;
+}
+
+int rx_conn_send(rx_conn *c, const void *data, size_t n) {
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = n};
+    return rx_conn_sendv(c, &iov, 1);
+}
+
+int rx_conn_sendfile(rx_conn *c, int fd, off_t offset, size_t len) {
+    if (!can_write(c)) {
+        close(fd);
+        return -EPIPE;
+    }
+    if (len == 0) {
+        close(fd);
+        return 0;
+    }
+    if (c->nsegs == c->segs_cap) {
+        size_t cap = c->segs_cap ? c->segs_cap * 2 : 2;
+        struct rx_file_seg *segs = rx_sys.malloc(cap * sizeof(*segs));
+        if (!segs) {
+            close(fd);
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < c->nsegs; i++) /* unroll the ring into the new array */
+            segs[i] = c->segs[(c->seg_head + i) % c->segs_cap];
+        rx_sys.free(c->segs);
+        c->segs = segs;
+        c->segs_cap = cap;
+        c->seg_head = 0;
+    }
+    size_t before = rx_buffer_len(&c->out) - c->seg_before;
+    c->segs[(c->seg_head + c->nsegs) % c->segs_cap] =
+        (struct rx_file_seg){.fd = fd, .offset = offset, .len = len, .before = before};
+    c->nsegs++;
+    c->seg_before += before;
+    c->file_bytes += len;
+    if (!c->in_data && !c->waiting_write)
+        return flush(c, false);
+    return 0;
+}
+
+/* Stops reading, writes what is queued, then closes with `reason`. */
+static void close_graceful(rx_conn *c, rx_close_reason reason) {
+    if (closing_or_closed(c))
+        return;
+    if (rx_conn_queued(c) == 0 || c->state == RX_CONN_CONNECTING || c->write_shut) {
+        rx_conn_close_now(c, reason, 0);
+        return;
+    }
+    c->state = RX_CONN_CLOSING;
+    c->reason = reason;
+    c->err = 0;
+    c->waiting_write = true;
+    update_interest(c);
+}
+
+/* One read per readiness event keeps one busy peer from starving the others. Input with no
+ * leftover from an earlier read goes into the loop's scratch buffer, so a connection holds no
+ * input memory between messages; only an incomplete message is copied into its own buffer. */
+static void handle_read(rx_conn *c) {
+    rx_buffer *in = &c->in;
+    char *scratch = NULL;
+    ssize_t n;
+    if (in->cap == 0 && (scratch = rx_loop_scratch(c->loop)) != NULL) {
+        *in = (rx_buffer){.data = scratch, .cap = RX_SCRATCH_SIZE};
+        do
+            n = rx_sys.read(c->fd, scratch, RX_SCRATCH_SIZE);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+            n = -errno;
+        else
+            in->end = (size_t)n;
+    } else {
+        n = rx_buffer_read_fd(in, c->fd);
+    }
+    if (n > 0) {
+        c->bytes_in += (size_t)n;
+        touch(c);
+        if (c->cbs->on_data) {
+            c->in_data = true;
+            c->cbs->on_data(c, in, c->arg);
+            c->in_data = false;
+        } else {
+            rx_buffer_consume(in, rx_buffer_len(in));
+        }
+    }
+    if (scratch) {
+        if (in->data != scratch || in->cap != RX_SCRATCH_SIZE) {
+            rx_loop_scratch_forget(c->loop); /* the callback grew it: the memory is ours now */
+        } else {
+            rx_buffer left = RX_BUFFER_INIT;
+            if (c->state != RX_CONN_CLOSED && rx_buffer_len(in) > 0 &&
+                rx_buffer_append(&left, rx_buffer_peek(in), rx_buffer_len(in)) < 0)
+                rx_conn_close_now(c, RX_CLOSE_ERROR, -ENOMEM);
+            *in = left;
+        }
+    }
+    if (c->state == RX_CONN_CLOSED)
+        return;
+    if (n == 0) {
+        c->peer_eof = true;
+        if (c->cbs->on_eof) {
+            if (c->state == RX_CONN_OPEN)
+                c->state = RX_CONN_HALF_CLOSED;
+            update_interest(c);
+            c->cbs->on_eof(c, c->arg);
+        } else {
+            close_graceful(c, RX_CLOSE_PEER);
+        }
+        return;
+    }
+    if (n < 0 && n != -EAGAIN) {
+        rx_conn_close_now(c, reason_for((int)n), (int)n);
+        return;
+    }
+    if (rx_conn_queued(c) > 0 && !c->waiting_write)
+        flush(c, false);
+}
+
+static void on_event(rx_channel *ch, uint32_t ready, void *arg) {
+    (void)ch;
+    rx_conn *c = arg;
+    if (c->state == RX_CONN_CONNECTING) {
+        rx_connect_on_event(c, ready);
+        return;
+    }
+    if (ready & RX_ERROR) {
+        int soerr = 0;
+        socklen_t len = sizeof(soerr);
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
+        rx_conn_close_now(c, reason_for(-soerr), soerr ? -soerr : -EIO);
+        return;
+    }
+    if ((ready & RX_WRITABLE) && c->waiting_write)
+        flush(c, true);
+    if ((ready & (RX_READABLE | RX_HUP)) && c->state != RX_CONN_CLOSED && !c->read_paused &&
+        !c->peer_eof && c->state != RX_CONN_CLOSING)
+        handle_read(c);
+}
+
+static void on_idle(rx_timer *t, void *arg) {
+    rx_conn *c = arg;
+    uint64_t now = rx_loop_now_ms(c->loop);
+    uint64_t deadline = c->last_active + c->idle_ms;
+    if (now >= deadline) {
+        if (!c->cbs->on_timeout) {
+            rx_conn_close_now(c, RX_CLOSE_TIMEOUT, -ETIMEDOUT);
+            return;
+        }
+        touch(c);
+        rx_timer_start(t, c->idle_ms, 0);
+        c->cbs->on_timeout(c, c->arg);
+        return;
+    }
+    /* Activity since the timer was armed only moved last_active: re-arm for what is left. */
+    rx_buffer_release_if_empty(&c->in);
+    rx_timer_start(t, deadline - now, 0);
+}
+
+int rx_conn_set_idle_timeout(rx_conn *c, uint64_t ms) {
+    if (c->state == RX_CONN_CLOSED)
+        return -EPIPE;
+    c->idle_ms = ms;
+    if (ms == 0) {
+        if (c->idle)
+            rx_timer_stop(c->idle);
+        return 0;
+    }
+    if (!c->idle && !(c->idle = rx_timer_new(c->loop, on_idle, c)))
+        return -ENOMEM;
+    touch(c);
+    return rx_timer_start(c->idle, ms, 0);
+}
+
+rx_conn *rx_conn_create(rx_loop *loop, int fd, rx_conn_state state, const rx_conn_opts *opts,
+                        const rx_conn_callbacks *cbs, void *arg) {
+    static const rx_conn_callbacks no_callbacks;
+    static const rx_conn_opts defaults;
+    if (!opts)
+        opts = &defaults;
+    rx_conn *c = rx_sys.calloc(1, sizeof(*c));
+    rx_channel *ch = c ? rx_channel_new(loop, fd, RX_CHANNEL_OWNS_FD, on_event, c) : NULL;
+    if (!ch) {
+        rx_sys.free(c);
+        close(fd);
+        errno = ENOMEM;
+        return NULL;
+    }
+    c->loop = loop;
+    c->ch = ch;
+    c->fd = fd;
+    c->state = state;
+    c->cbs = cbs ? cbs : &no_callbacks;
+    c->arg = arg;
+    c->high_water = opts->high_water ? opts->high_water : DEFAULT_HIGH_WATER;
+    c->low_water = opts->low_water ? opts->low_water : c->high_water / 4;
+    rx_channel_set_destructor(ch, finalize);
+    int one = 1;
+    /* Both fail harmlessly on a unix socket. */
+    if (!opts->nagle)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (opts->keepalive)
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+    touch(c);
+    int rc = opts->idle_timeout_ms ? rx_conn_set_idle_timeout(c, opts->idle_timeout_ms) : 0;
+    if (rc == 0) {
+        update_interest(c);
+        rc = c->state == RX_CONN_CLOSED ? c->err : 0;
+    }
+    if (rc < 0) {
+        rx_conn_close_now(c, RX_CLOSE_ERROR, rc);
+        errno = -rc;
+        return NULL;
+    }
+    return c;
+}
+
+rx_conn *rx_conn_new(rx_loop *loop, int fd, const rx_conn_opts *opts, const rx_conn_callbacks *cbs,
+                     void *arg) {
+    return rx_conn_create(loop, fd, RX_CONN_OPEN, opts, cbs, arg);
+}
+
+int rx_conn_replace_fd(rx_conn *c, int fd) {
+    rx_channel *ch = rx_channel_new(c->loop, fd, RX_CHANNEL_OWNS_FD, on_event, c);
+    if (!ch) {
+        close(fd);
+        return -ENOMEM;
+    }
+    rx_channel_set_destructor(c->ch, NULL);
+    rx_channel_close(c->ch);
+    rx_channel_set_destructor(ch, finalize);
+    c->ch = ch;
+    c->fd = fd;
+    update_interest(c);
+    return c->state == RX_CONN_CLOSED ? c->err : 0;
+}
+
+void rx_conn_established(rx_conn *c) {
+    c->state = RX_CONN_OPEN;
+    c->waiting_write = rx_conn_queued(c) > 0;
+    touch(c);
+    update_interest(c);
+    if (c->state != RX_CONN_CLOSED && c->cbs->on_open)
+        c->cbs->on_open(c, c->arg);
+    if (c->waiting_write && c->state != RX_CONN_CLOSED)
+        flush(c, false);
+}
+
+void rx_conn_pause_read(rx_conn *c) {
+    if (c->read_paused)
+        return;
+    c->read_paused = true;
+    update_interest(c);
+}
+
+void rx_conn_resume_read(rx_conn *c) {
+    if (!c->read_paused)
+        return;
+    c->read_paused = false;
+    update_interest(c);
+}
+
+void rx_conn_shutdown(rx_conn *c) {
+    if (closing_or_closed(c) || c->shut_pending)
+        return;
+    c->shut_pending = true;
+    if (c->state == RX_CONN_OPEN)
+        c->state = RX_CONN_HALF_CLOSED;
+    if (rx_conn_queued(c) == 0 && c->state != RX_CONN_CONNECTING) {
+        shutdown(c->fd, SHUT_WR);
+        c->write_shut = true;
+    }
+}
+
+void rx_conn_close(rx_conn *c) { close_graceful(c, RX_CLOSE_LOCAL); }
+
+void rx_conn_abort(rx_conn *c) {
+    if (c->state == RX_CONN_CLOSED)
+        return;
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    rx_conn_close_now(c, RX_CLOSE_LOCAL, 0);
+}
+
+rx_conn_state rx_conn_get_state(const rx_conn *c) { return c->state; }
+rx_loop *rx_conn_loop(const rx_conn *c) { return c->loop; }
+void *rx_conn_arg(const rx_conn *c) { return c->arg; }
+void rx_conn_set_arg(rx_conn *c, void *arg) { c->arg = arg; }
+int rx_conn_fd(const rx_conn *c) { return c->state == RX_CONN_CLOSED ? -1 : c->fd; }
+unsigned long long rx_conn_bytes_in(const rx_conn *c) { return c->bytes_in; }
+unsigned long long rx_conn_bytes_out(const rx_conn *c) { return c->bytes_out; }
+
+int rx_conn_peer_addr(const rx_conn *c, rx_addr *out) {
+    memset(out, 0, sizeof(*out));
+    out->len = sizeof(out->u);
+    if (c->state == RX_CONN_CLOSED)
+        return -ENOTCONN;
+    return getpeername(c->fd, &out->u.sa, &out->len) < 0 ? -errno : 0;
+}
+
+int rx_conn_local_addr(const rx_conn *c, rx_addr *out) {
+    memset(out, 0, sizeof(*out));
+    out->len = sizeof(out->u);
+    if (c->state == RX_CONN_CLOSED)
+        return -ENOTCONN;
+    return getsockname(c->fd, &out->u.sa, &out->len) < 0 ? -errno : 0;
+}

@@ -1,0 +1,298 @@
+/* rx_listener: a non-blocking listening socket on a level-triggered channel that accepts in
+ * bounded batches and survives EMFILE/ENFILE with a spare fd (shed one connection) or, failing
+ * that, a timed pause, so running out of fds never spins the loop. */
+#include <rx/channel.h>
+#include <rx/listener.h>
+#include <rx/timer.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "sys.h"
+
+#define DEFAULT_BATCH 64
+#define DEFAULT_RETRY_MS 100u
+
+struct rx_listener {
+    rx_loop *loop;
+    rx_channel *ch; /* owns the listening fd; its destructor releases this struct */
+    rx_timer *retry;
+    int fd;
+    int spare_fd; /* reserved /dev/null fd, given up to shed a connection on EMFILE; -1: none */
+    rx_addr addr;
+    int batch;
+    unsigned retry_ms;
+    rx_accept_fn cb;
+    void *arg;
+    unsigned long long accepted, shed;
+    bool paused;  /* by rx_listener_pause */
+    bool backoff; /* out of fds or memory: the retry timer resumes */
+    bool freed;   /* rx_listener_free ran; the memory lives until the channel is released */
+    bool owns_path;
+    dev_t path_dev; /* identity of the socket file we created, so we only unlink our own */
+    ino_t path_ino;
+};
+
+static void open_spare(rx_listener *l) {
+    if (l->spare_fd < 0)
+        l->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+static void close_spare(rx_listener *l) {
+    if (l->spare_fd >= 0)
+        close(l->spare_fd);
+    l->spare_fd = -1;
+}
+
+static void remove_path(rx_listener *l) {
+    if (!l->owns_path)
+        return;
+    l->owns_path = false;
+    struct stat st;
+    const char *path = l->addr.u.un.sun_path;
+    if (stat(path, &st) == 0 && S_ISSOCK(st.st_mode) && st.st_dev == l->path_dev &&
+        st.st_ino == l->path_ino)
+        unlink(path);
+}
+
+/* Everything but the channel (and the memory). */
+static void release_resources(rx_listener *l) {
+    rx_timer_free(l->retry);
+    l->retry = NULL;
+    close_spare(l);
+    remove_path(l);
+}
+
+/* Channel destructor: runs at the end of the iteration after rx_listener_free, or from
+ * rx_loop_free (which releases channels before timers, so the timer is still there). */
+static void destroy(void *arg) {
+    rx_listener *l = arg;
+    if (!l->freed)
+        release_resources(l);
+    rx_sys.free(l);
+}
+
+static bool want_events(const rx_listener *l) { return !l->paused && !l->backoff && !l->freed; }
+
+/* Stops accepting for retry_ms. Without a timer to resume (it could not be armed) the channel
+ * stays armed: level-triggered, the next iteration retries. */
+static void start_backoff(rx_listener *l) {
+    if (rx_timer_start(l->retry, l->retry_ms, 0) < 0)
+        return;
+    l->backoff = true;
+    rx_channel_set_interest(l->ch, 0); /* on failure on_ready drops the event and retries */
+}
+
+static void on_retry(rx_timer *t, void *arg) {
+    (void)t;
+    rx_listener *l = arg;
+    l->backoff = false;
+    if (want_events(l) && rx_channel_set_interest(l->ch, RX_READABLE) < 0)
+        start_backoff(l);
+}
+
+enum shed_result { SHED_DONE, SHED_EMPTY, SHED_FAILED };
+
+/* Out of fds: give up the spare to accept one connection and close it at once, so the client
+ * sees a reset instead of waiting in the backlog, then take the spare back. */
+static enum shed_result shed_one(rx_listener *l) {
+    if (l->spare_fd < 0)
+        return SHED_FAILED;
+    close_spare(l);
+    int fd;
+    do
+        fd = rx_sys.accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    int err = errno;
+    if (fd >= 0) {
+        close(fd);
+        l->shed++;
+    }
+    open_spare(l);
+    if (l->spare_fd < 0)
+        return SHED_FAILED;
+    if (fd >= 0 || err == ECONNABORTED || err == EPROTO)
+        return SHED_DONE;
+    if (err == EAGAIN || err == EWOULDBLOCK)
+        return SHED_EMPTY;
+    return SHED_FAILED;
+}
+
+static void on_ready(rx_channel *ch, uint32_t ready, void *arg) {
+    (void)ready;
+    rx_listener *l = arg;
+    if (!want_events(l)) {
+        /* An event from the batch that was already polled when we paused, or a failed
+         * EPOLL_CTL_DEL: drop it and try again to stop watching. */
+        rx_channel_set_interest(ch, 0);
+        return;
+    }
+    open_spare(l); /* lost earlier when the process was out of fds */
+    for (int calls = 0; calls < l->batch; calls++) {
+        rx_addr peer;
+        memset(&peer, 0, sizeof(peer));
+        socklen_t len = sizeof(peer.u);
+        int fd = rx_sys.accept4(l->fd, &peer.u.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            peer.len = len;
+            l->accepted++;
+            l->cb(l, fd, &peer, l->arg);
+            /* The callback may have freed or paused the listener; the memory is still valid,
+             * since the channel is released at the end of the iteration at the earliest. */
+            if (!want_events(l))
+                return;
+            continue;
+        }
+        switch (errno) {
+        case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+        case EWOULDBLOCK:
+#endif
+            return;
+        case EINTR:
+        case ECONNABORTED: /* the peer gave up while queued: skip it */
+        case EPROTO:
+            continue;
+        case EMFILE:
+        case ENFILE:
+            switch (shed_one(l)) {
+            case SHED_DONE:
+                calls++;
+                continue;
+            case SHED_EMPTY:
+                return;
+            case SHED_FAILED:
+                start_backoff(l);
+                return;
+            }
+            return;
+        default: /* ENOBUFS, ENOMEM, ...: give the system time */
+            start_backoff(l);
+            return;
+        }
+    }
+}
+
+static int bind_listen(rx_listener *l, const rx_addr *want, const rx_listener_opts *o) {
+    int one = 1;
+    if (setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+        return -errno;
+    if (o->reuseport && setsockopt(l->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+        return -errno;
+    if (bind(l->fd, &want->u.sa, want->len) < 0)
+        return -errno;
+    if (want->u.sa.sa_family == AF_UNIX) {
+        struct stat st;
+        if (stat(want->u.un.sun_path, &st) == 0) {
+            l->addr = *want; /* remove_path needs the path even if getsockname fails below */
+            l->owns_path = true;
+            l->path_dev = st.st_dev;
+            l->path_ino = st.st_ino;
+        }
+    }
+    if (listen(l->fd, o->backlog > 0 ? o->backlog : SOMAXCONN) < 0)
+        return -errno;
+    rx_addr bound;
+    memset(&bound, 0, sizeof(bound));
+    socklen_t len = sizeof(bound.u);
+    if (getsockname(l->fd, &bound.u.sa, &len) < 0)
+        return -errno;
+    bound.len = len;
+    l->addr = bound;
+    return 0;
+}
+
+rx_listener *rx_listener_new(rx_loop *loop, const char *addr, const rx_listener_opts *opts,
+                             rx_accept_fn cb, void *arg) {
+    static const rx_listener_opts defaults = {0};
+    const rx_listener_opts *o = opts ? opts : &defaults;
+    rx_addr want;
+    if (!loop || !cb || o->backlog < 0 || o->accept_batch < 0 || rx_addr_parse(&want, addr) < 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    rx_listener *l = rx_sys.calloc(1, sizeof(*l));
+    if (!l) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    l->loop = loop;
+    l->cb = cb;
+    l->arg = arg;
+    l->batch = o->accept_batch > 0 ? o->accept_batch : DEFAULT_BATCH;
+    l->retry_ms = o->retry_ms > 0 ? o->retry_ms : DEFAULT_RETRY_MS;
+    l->spare_fd = -1;
+    int rc;
+    l->fd = socket(want.u.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (l->fd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    rc = bind_listen(l, &want, o);
+    if (rc < 0)
+        goto fail;
+    l->retry = rx_timer_new(loop, on_retry, l);
+    if (!l->retry) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    /* Best effort: without a spare the listener still works, and EMFILE pauses it instead. */
+    open_spare(l);
+    l->ch = rx_channel_new(loop, l->fd, RX_CHANNEL_OWNS_FD, on_ready, l);
+    if (!l->ch) {
+        rc = -errno;
+        goto fail;
+    }
+    /* From here on the channel owns l->fd and, through the destructor, l itself. */
+    rx_channel_set_destructor(l->ch, destroy);
+    rc = rx_channel_set_interest(l->ch, RX_READABLE);
+    if (rc < 0) {
+        rx_listener_free(l);
+        errno = -rc;
+        return NULL;
+    }
+    return l;
+
+fail:
+    release_resources(l);
+    if (l->fd >= 0)
+        close(l->fd);
+    rx_sys.free(l);
+    errno = -rc;
+    return NULL;
+}
+
+const rx_addr *rx_listener_addr(const rx_listener *l) { return &l->addr; }
+
+void rx_listener_pause(rx_listener *l) {
+    if (l->freed)
+        return;
+    l->paused = true;
+    l->backoff = false;
+    rx_timer_stop(l->retry);
+    rx_channel_set_interest(l->ch, 0); /* on failure on_ready drops events until resumed */
+}
+
+void rx_listener_resume(rx_listener *l) {
+    if (l->freed || !l->paused)
+        return;
+    l->paused = false;
+    if (rx_channel_set_interest(l->ch, RX_READABLE) < 0)
+        start_backoff(l);
+}
+
+unsigned long long rx_listener_accepted(const rx_listener *l) { return l->accepted; }
+unsigned long long rx_listener_shed(const rx_listener *l) { return l->shed; }
+
+void rx_listener_free(rx_listener *l) {
+    if (!l || l->freed)
+        return;
+    l->freed = true;
+    release_resources(l);
+    /* Closes the listening fd now; destroy() releases l now or at the end of the iteration. */
+    rx_channel_close(l->ch);
+}

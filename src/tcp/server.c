@@ -1,0 +1,158 @@
+/* rx_server: a listener and the list of its connections, with a connection limit and a graceful
+ * stop in two deadlines (let them finish, then close, then abort). */
+#include <rx/server.h>
+
+#include <errno.h>
+#include <unistd.h>
+
+#include "conn_internal.h"
+
+struct rx_server {
+    rx_loop *loop;
+    rx_listener *listener;
+    rx_addr addr;
+    rx_conn_opts conn_opts;
+    size_t max_conns;
+    const rx_conn_callbacks *cbs;
+    void *arg;
+    rx_conn *conns;
+    size_t count;
+    unsigned long long accepted;
+
+    /* Graceful stop. */
+    bool stopping;
+    int stop_phase; /* 0: waiting for connections to finish, 1: closing them, 2: aborting */
+    uint64_t deadline_ms;
+    rx_timer *stop_timer;
+    rx_task_fn on_stopped;
+    void *stopped_arg;
+};
+
+static void stopped(rx_server *s) {
+    rx_timer_stop(s->stop_timer);
+    if (s->on_stopped) {
+        rx_task_fn fn = s->on_stopped;
+        s->on_stopped = NULL;
+        /* Posted, so it never runs inside rx_server_stop or a connection's teardown. */
+        if (rx_loop_post(s->loop, fn, s->stopped_arg) < 0)
+            fn(s->stopped_arg);
+    }
+}
+
+static void unlink_conn(rx_server *s, rx_conn *c) {
+    if (c->owner_prev)
+        c->owner_prev->owner_next = c->owner_next;
+    else
+        s->conns = c->owner_next;
+    if (c->owner_next)
+        c->owner_next->owner_prev = c->owner_prev;
+    c->owner_prev = c->owner_next = NULL;
+    c->owner_release = NULL;
+    s->count--;
+}
+
+static void on_conn_release(rx_conn *c, void *owner) {
+    rx_server *s = owner;
+    unlink_conn(s, c);
+    if (s->stopping && s->count == 0)
+        stopped(s);
+}
+
+static void on_accept(rx_listener *l, int fd, const rx_addr *peer, void *arg) {
+    (void)l;
+    (void)peer;
+    rx_server *s = arg;
+    if (s->max_conns && s->count >= s->max_conns) {
+        close(fd); /* over the limit: the client sees its connection end at once */
+        return;
+    }
+    rx_conn *c = rx_conn_create(s->loop, fd, RX_CONN_OPEN, &s->conn_opts, s->cbs, s->arg);
+    if (!c)
+        return;
+    c->owner_release = on_conn_release;
+    c->owner = s;
+    c->owner_next = s->conns;
+    if (s->conns)
+        s->conns->owner_prev = c;
+    s->conns = c;
+    s->count++;
+    s->accepted++;
+    if (s->cbs->on_open)
+        s->cbs->on_open(c, c->arg);
+}
+
+static void on_stop_timer(rx_timer *t, void *arg) {
+    rx_server *s = arg;
+    s->stop_phase++;
+    /* rx_conn_close/abort only mark; the list changes at the end of the iteration. */
+    for (rx_conn *c = s->conns; c; c = c->owner_next) {
+        if (s->stop_phase == 1)
+            rx_conn_close(c);
+        else
+            rx_conn_abort(c);
+    }
+    if (s->stop_phase == 1)
+        rx_timer_start(t, s->deadline_ms, 0);
+}
+
+rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts) {
+    static const rx_conn_callbacks no_callbacks;
+    if (!opts || !opts->listen) {
+        errno = EINVAL;
+        return NULL;
+    }
+    rx_server *s = rx_sys.calloc(1, sizeof(*s));
+    if (!s) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    s->loop = loop;
+    s->conn_opts = opts->conn;
+    s->max_conns = opts->max_conns;
+    s->cbs = opts->cbs ? opts->cbs : &no_callbacks;
+    s->arg = opts->arg;
+    s->stop_timer = rx_timer_new(loop, on_stop_timer, s);
+    if (s->stop_timer)
+        s->listener = rx_listener_new(loop, opts->listen, &opts->listener, on_accept, s);
+    if (!s->listener) {
+        int err = s->stop_timer ? errno : ENOMEM;
+        rx_timer_free(s->stop_timer);
+        rx_sys.free(s);
+        errno = err;
+        return NULL;
+    }
+    s->addr = *rx_listener_addr(s->listener);
+    return s;
+}
+
+const rx_addr *rx_server_addr(const rx_server *s) { return &s->addr; }
+size_t rx_server_conn_count(const rx_server *s) { return s->count; }
+unsigned long long rx_server_accepted(const rx_server *s) { return s->accepted; }
+
+void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, void *arg) {
+    if (s->stopping)
+        return;
+    s->stopping = true;
+    s->on_stopped = on_stopped;
+    s->stopped_arg = arg;
+    s->deadline_ms = deadline_ms;
+    rx_listener_free(s->listener);
+    s->listener = NULL;
+    if (s->count == 0)
+        stopped(s);
+    else
+        rx_timer_start(s->stop_timer, deadline_ms, 0);
+}
+
+void rx_server_free(rx_server *s) {
+    if (!s)
+        return;
+    rx_listener_free(s->listener);
+    while (s->conns) {
+        rx_conn *c = s->conns;
+        unlink_conn(s, c); /* the connection outlives the server until its on_close */
+        rx_conn_abort(c);
+    }
+    rx_timer_free(s->stop_timer);
+    rx_sys.free(s);
+}
