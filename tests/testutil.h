@@ -56,12 +56,12 @@ bool tu_run_until_fn(rx_loop *loop, bool (*fn)(void *arg), void *arg, int max_ms
  * kept in `got` or checked against the tu_pattern stream and only counted. */
 typedef struct tu_peer {
     int fd;
-    bool verify;           /* check against tu_pattern instead of keeping */
-    rx_buffer got;         /* bytes read, when !verify */
-    unsigned long long n;  /* bytes read */
-    long long bad;         /* stream offset of the first wrong byte; -1: none */
-    bool eof;              /* read returned 0 */
-    int err;               /* errno of a failed read (ECONNRESET, ...); 0: none */
+    bool verify;          /* check against tu_pattern instead of keeping */
+    rx_buffer got;        /* bytes read, when !verify */
+    unsigned long long n; /* bytes read */
+    long long bad;        /* stream offset of the first wrong byte; -1: none */
+    bool eof;             /* read returned 0 */
+    int err;              /* errno of a failed read (ECONNRESET, ...); 0: none */
 } tu_peer;
 
 void tu_peer_init(tu_peer *p, int fd, bool verify);

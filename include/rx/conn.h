@@ -76,8 +76,10 @@ rx_conn *rx_conn_new(rx_loop *loop, int fd, const rx_conn_opts *opts, const rx_c
                      void *arg);
 
 /* Sends n bytes: writes at once when nothing is queued, queues what the socket did not take and
- * watches for writability only while something is queued. Returns 0, -EPIPE when the connection
- * is closing or its write side is shut, or -ENOMEM (nothing queued). */
+ * watches for writability only while something is queued. Returns 0; -EPIPE when the connection
+ * is closing or its write side is shut; -ENOMEM when nothing could be queued (the connection is
+ * closed if part of the bytes already left); or the errno of a failed write (-ECONNRESET, ...),
+ * the connection then being closed. */
 int rx_conn_send(rx_conn *c, const void *data, size_t n);
 
 /* Like rx_conn_send for several pieces (a header and a payload) with one writev. */
@@ -103,14 +105,18 @@ rx_buffer *rx_conn_input(rx_conn *c);
 /* Bytes queued for output (buffered and file ranges). */
 size_t rx_conn_queued(const rx_conn *c);
 
-/* Stops / resumes reading (backpressure). Data already read stays in the input buffer. */
+/* Stops / resumes reading (backpressure). Data already read stays in the input buffer; after a
+ * resume, on_data gets it on the next iteration without waiting for new bytes. */
 void rx_conn_pause_read(rx_conn *c);
 void rx_conn_resume_read(rx_conn *c);
 
 /* Shuts the write side once the queue is written (half-close); reading goes on. */
 void rx_conn_shutdown(rx_conn *c);
 
-/* Graceful close: stop reading, write what is queued, then close (RX_CLOSE_LOCAL). */
+/* Graceful close: stop reading, write what is queued, shut the write side, then close once the
+ * peer ends its side too (what it still sends is dropped) or after 2 s (RX_CLOSE_LOCAL). The
+ * lingering avoids the reset that closing on unread input would cause, which could destroy the
+ * last bytes we sent. */
 void rx_conn_close(rx_conn *c);
 
 /* Closes at once with a TCP reset (SO_LINGER 0), dropping queued output (RX_CLOSE_LOCAL). */

@@ -15,8 +15,10 @@
 #include "loop_internal.h"
 
 #define DEFAULT_HIGH_WATER (1024 * 1024)
+#define LINGER_MS 2000
 
 static void on_event(rx_channel *ch, uint32_t ready, void *arg);
+static void on_idle(rx_timer *t, void *arg);
 
 size_t rx_conn_queued(const rx_conn *c) { return rx_buffer_len(&c->out) + c->file_bytes; }
 
@@ -33,7 +35,8 @@ static void update_interest(rx_conn *c) {
     if (c->state == RX_CONN_CONNECTING)
         want = RX_WRITABLE;
     else {
-        bool reading = !c->read_paused && !c->peer_eof && c->state != RX_CONN_CLOSING;
+        bool reading =
+            c->lingering || (!c->read_paused && !c->peer_eof && c->state != RX_CONN_CLOSING);
         if (reading)
             want |= RX_READABLE;
         if (c->waiting_write)
@@ -68,6 +71,7 @@ static void finalize(void *arg) {
         c->cbs->on_close(c, c->reason, c->err, c->arg);
     rx_connect_release(c);
     rx_timer_free(c->idle);
+    rx_timer_free(c->kick);
     rx_buffer_free(&c->in);
     rx_buffer_free(&c->out);
     release_file_segs(c);
@@ -82,11 +86,36 @@ void rx_conn_close_now(rx_conn *c, rx_close_reason reason, int err) {
     c->err = err;
     if (c->idle)
         rx_timer_stop(c->idle);
+    if (c->kick)
+        rx_timer_stop(c->kick);
     rx_channel_close(c->ch); /* closes the fd; finalize runs at the end of the iteration */
 }
 
 static rx_close_reason reason_for(int err) {
     return err == -ECONNRESET || err == -EPIPE ? RX_CLOSE_RESET : RX_CLOSE_ERROR;
+}
+
+/* Everything queued is written: close. If the peer may still be sending, closing now would make
+ * the kernel answer its unread bytes with a reset that can destroy our last bytes in flight, so
+ * shut our side and read to the peer's end of stream first (lingering close), for at most
+ * LINGER_MS. */
+static void finish_close(rx_conn *c) {
+    if (c->peer_eof) {
+        rx_conn_close_now(c, c->reason, c->err);
+        return;
+    }
+    if (!c->write_shut) {
+        shutdown(c->fd, SHUT_WR);
+        c->write_shut = true;
+    }
+    c->lingering = true;
+    c->waiting_write = false;
+    if ((!c->idle && !(c->idle = rx_timer_new(c->loop, on_idle, c))) ||
+        rx_timer_start(c->idle, LINGER_MS, 0) < 0) {
+        rx_conn_close_now(c, c->reason, c->err);
+        return;
+    }
+    update_interest(c);
 }
 
 static void set_high(rx_conn *c) {
@@ -161,7 +190,7 @@ static int flush(rx_conn *c, bool evented) {
             c->write_shut = true;
         }
         if (c->state == RX_CONN_CLOSING) {
-            rx_conn_close_now(c, c->reason, c->err);
+            finish_close(c);
             return 0;
         }
     }
@@ -169,13 +198,15 @@ static int flush(rx_conn *c, bool evented) {
     c->waiting_write = queued > 0;
     if (c->waiting_write != was_waiting)
         update_interest(c);
+    /* A closing connection owes its owner nothing but on_close. */
+    bool notify = evented && !closing_or_closed(c);
     if (c->above_high && queued <= c->low_water) {
         c->above_high = false;
-        if (evented && c->cbs->on_low_water)
+        if (notify && c->cbs->on_low_water)
             c->cbs->on_low_water(c, queued, c->arg);
     }
     set_high(c);
-    if (evented && queued == 0 && was_waiting && c->state != RX_CONN_CLOSED && c->cbs->on_drain)
+    if (notify && queued == 0 && was_waiting && !closing_or_closed(c) && c->cbs->on_drain)
         c->cbs->on_drain(c, c->arg);
     return 0;
 }
@@ -285,17 +316,39 @@ int rx_conn_sendfile(rx_conn *c, int fd, off_t offset, size_t len) {
     return 0;
 }
 
+/* Hands the input to on_data; what it appends to the output is held until it returns. */
+static void call_on_data(rx_conn *c) {
+    if (!c->cbs->on_data) {
+        rx_buffer_consume(&c->in, rx_buffer_len(&c->in));
+        return;
+    }
+    c->in_data = true;
+    c->cbs->on_data(c, &c->in, c->arg);
+    c->in_data = false;
+}
+
+/* on_data for input already buffered, then the write it produced. */
+static void deliver(rx_conn *c) {
+    call_on_data(c);
+    if (!closing_or_closed(c) && rx_conn_queued(c) > 0 && !c->waiting_write)
+        flush(c, false);
+}
+
 /* Stops reading, writes what is queued, then closes with `reason`. */
 static void close_graceful(rx_conn *c, rx_close_reason reason) {
     if (closing_or_closed(c))
         return;
-    if (rx_conn_queued(c) == 0 || c->state == RX_CONN_CONNECTING || c->write_shut) {
+    c->reason = reason;
+    c->err = 0;
+    if (c->state == RX_CONN_CONNECTING) {
         rx_conn_close_now(c, reason, 0);
         return;
     }
     c->state = RX_CONN_CLOSING;
-    c->reason = reason;
-    c->err = 0;
+    if (rx_conn_queued(c) == 0 || c->write_shut) {
+        finish_close(c);
+        return;
+    }
     c->waiting_write = true;
     update_interest(c);
 }
@@ -322,13 +375,7 @@ static void handle_read(rx_conn *c) {
     if (n > 0) {
         c->bytes_in += (size_t)n;
         touch(c);
-        if (c->cbs->on_data) {
-            c->in_data = true;
-            c->cbs->on_data(c, in, c->arg);
-            c->in_data = false;
-        } else {
-            rx_buffer_consume(in, rx_buffer_len(in));
-        }
+        call_on_data(c);
     }
     if (scratch) {
         if (in->data != scratch || in->cap != RX_SCRATCH_SIZE) {
@@ -363,6 +410,19 @@ static void handle_read(rx_conn *c) {
         flush(c, false);
 }
 
+/* Lingering: read and drop what the peer still sends, until its end of stream. */
+static void discard_input(rx_conn *c) {
+    char *scratch = rx_loop_scratch(c->loop);
+    ssize_t n;
+    do
+        n = scratch ? rx_sys.read(c->fd, scratch, RX_SCRATCH_SIZE) : -1;
+    while (n < 0 && errno == EINTR);
+    if (n > 0)
+        c->bytes_in += (size_t)n;
+    else if (n == 0 || errno != EAGAIN)
+        rx_conn_close_now(c, c->reason, c->err);
+}
+
 static void on_event(rx_channel *ch, uint32_t ready, void *arg) {
     (void)ch;
     rx_conn *c = arg;
@@ -377,6 +437,10 @@ static void on_event(rx_channel *ch, uint32_t ready, void *arg) {
         rx_conn_close_now(c, reason_for(-soerr), soerr ? -soerr : -EIO);
         return;
     }
+    if (c->lingering) {
+        discard_input(c);
+        return;
+    }
     if ((ready & RX_WRITABLE) && c->waiting_write)
         flush(c, true);
     if ((ready & (RX_READABLE | RX_HUP)) && c->state != RX_CONN_CLOSED && !c->read_paused &&
@@ -386,6 +450,10 @@ static void on_event(rx_channel *ch, uint32_t ready, void *arg) {
 
 static void on_idle(rx_timer *t, void *arg) {
     rx_conn *c = arg;
+    if (c->lingering) {
+        rx_conn_close_now(c, c->reason, c->err);
+        return;
+    }
     uint64_t now = rx_loop_now_ms(c->loop);
     uint64_t deadline = c->last_active + c->idle_ms;
     if (now >= deadline) {
@@ -422,6 +490,10 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, rx_conn_state state, const rx_con
                         const rx_conn_callbacks *cbs, void *arg) {
     static const rx_conn_callbacks no_callbacks;
     static const rx_conn_opts defaults;
+    if (fd < 0) {
+        errno = EINVAL;
+        return NULL;
+    }
     if (!opts)
         opts = &defaults;
     rx_conn *c = rx_sys.calloc(1, sizeof(*c));
@@ -440,7 +512,6 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, rx_conn_state state, const rx_con
     c->arg = arg;
     c->high_water = opts->high_water ? opts->high_water : DEFAULT_HIGH_WATER;
     c->low_water = opts->low_water ? opts->low_water : c->high_water / 4;
-    rx_channel_set_destructor(ch, finalize);
     int one = 1;
     /* Both fail harmlessly on a unix socket. */
     if (!opts->nagle)
@@ -449,15 +520,17 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, rx_conn_state state, const rx_con
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     touch(c);
     int rc = opts->idle_timeout_ms ? rx_conn_set_idle_timeout(c, opts->idle_timeout_ms) : 0;
-    if (rc == 0) {
-        update_interest(c);
-        rc = c->state == RX_CONN_CLOSED ? c->err : 0;
-    }
+    if (rc == 0)
+        rc = rx_channel_set_interest(ch, state == RX_CONN_CONNECTING ? RX_WRITABLE : RX_READABLE);
     if (rc < 0) {
-        rx_conn_close_now(c, RX_CLOSE_ERROR, rc);
+        /* Never handed out: no on_close is owed, the memory goes now. */
+        rx_timer_free(c->idle);
+        rx_channel_close(ch); /* closes fd */
+        rx_sys.free(c);
         errno = -rc;
         return NULL;
     }
+    rx_channel_set_destructor(ch, finalize);
     return c;
 }
 
@@ -482,13 +555,13 @@ int rx_conn_replace_fd(rx_conn *c, int fd) {
 }
 
 void rx_conn_established(rx_conn *c) {
-    c->state = RX_CONN_OPEN;
-    c->waiting_write = rx_conn_queued(c) > 0;
+    c->state = c->shut_pending ? RX_CONN_HALF_CLOSED : RX_CONN_OPEN;
     touch(c);
     update_interest(c);
     if (c->state != RX_CONN_CLOSED && c->cbs->on_open)
         c->cbs->on_open(c, c->arg);
-    if (c->waiting_write && c->state != RX_CONN_CLOSED)
+    /* What was sent or shut down while connecting happens now. */
+    if (!closing_or_closed(c) && !c->waiting_write)
         flush(c, false);
 }
 
@@ -499,11 +572,25 @@ void rx_conn_pause_read(rx_conn *c) {
     update_interest(c);
 }
 
+/* Input left in the buffer while reading was paused is handed over on the next iteration: the
+ * peer may be waiting for our answer to it before sending anything that would wake us. */
+static void on_kick(rx_timer *t, void *arg) {
+    (void)t;
+    rx_conn *c = arg;
+    if (!c->read_paused && !closing_or_closed(c) && rx_buffer_len(&c->in) > 0)
+        deliver(c);
+}
+
 void rx_conn_resume_read(rx_conn *c) {
     if (!c->read_paused)
         return;
     c->read_paused = false;
     update_interest(c);
+    if (rx_buffer_len(&c->in) == 0 || closing_or_closed(c))
+        return;
+    if ((!c->kick && !(c->kick = rx_timer_new(c->loop, on_kick, c))) ||
+        rx_timer_start(c->kick, 0, 0) < 0)
+        rx_conn_close_now(c, RX_CLOSE_ERROR, -ENOMEM);
 }
 
 void rx_conn_shutdown(rx_conn *c) {

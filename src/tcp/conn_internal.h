@@ -41,9 +41,11 @@ struct rx_conn {
     bool shut_pending; /* rx_conn_shutdown asked; done once the queue is written */
     bool write_shut;
     bool peer_eof;
+    bool lingering; /* closing: our side is shut, reading to the peer's end of stream */
 
     uint64_t idle_ms, last_active;
-    rx_timer *idle;
+    rx_timer *idle; /* idle timeout, then the lingering close's limit */
+    rx_timer *kick; /* hands buffered input to on_data after a resume */
 
     rx_close_reason reason; /* why it is closing / closed */
     int err;

@@ -1,0 +1,744 @@
+/* Tests for rx_connect over 127.0.0.1: success, refusal, retries with backoff until a server
+ * appears, the per-attempt timeout (against a listener whose backlog is full), data queued while
+ * connecting, cancelling, local binding, and 5,000 concurrent connections in one loop. */
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <rx/rx.h>
+
+#include "sys.h"
+#include "testutil.h"
+
+/* ---- helpers ---- */
+
+static void teardown(void) { rx_sys_reset(); }
+
+/* What a client connection reported. */
+struct cl {
+    rx_conn *c;
+    int opens, datas, closes, late;
+    rx_close_reason reason;
+    int err;
+    bool close_in_open, abort_in_open;
+    rx_conn_state state_at_open;
+    unsigned long long open_ms, close_ms;
+    rx_buffer in;
+};
+
+static void c_open(rx_conn *c, void *arg) {
+    struct cl *k = arg;
+    if (k->closes)
+        k->late++;
+    k->opens++;
+    k->open_ms = tu_now_ms();
+    k->state_at_open = rx_conn_get_state(c);
+    if (k->close_in_open)
+        rx_conn_close(c);
+    if (k->abort_in_open)
+        rx_conn_abort(c);
+}
+
+static void c_data(rx_conn *c, rx_buffer *in, void *arg) {
+    (void)c;
+    struct cl *k = arg;
+    if (k->closes)
+        k->late++;
+    k->datas++;
+    ck_assert_int_eq(rx_buffer_append(&k->in, rx_buffer_peek(in), rx_buffer_len(in)), 0);
+    rx_buffer_consume(in, rx_buffer_len(in));
+}
+
+static void c_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
+    (void)c;
+    struct cl *k = arg;
+    k->closes++;
+    k->reason = reason;
+    k->err = err;
+    k->close_ms = tu_now_ms();
+}
+
+static const rx_conn_callbacks c_cbs = {.on_open = c_open, .on_data = c_data, .on_close = c_close};
+
+static bool cl_closed(void *arg) { return ((struct cl *)arg)->closes > 0; }
+static bool cl_opened(void *arg) {
+    struct cl *k = arg;
+    return k->opens > 0 || k->closes > 0;
+}
+
+static void addr_of(char *buf, size_t n, int port) { snprintf(buf, n, "127.0.0.1:%d", port); }
+
+/* An echo server, counting what its connections received. */
+static struct echo {
+    int opens, closes, datas;
+    rx_close_reason reason;
+    rx_buffer in;
+} E;
+
+static void e_open(rx_conn *c, void *arg) {
+    (void)c;
+    (void)arg;
+    E.opens++;
+}
+static void e_data(rx_conn *c, rx_buffer *in, void *arg) {
+    (void)arg;
+    E.datas++;
+    ck_assert_int_eq(rx_buffer_append(&E.in, rx_buffer_peek(in), rx_buffer_len(in)), 0);
+    ck_assert_int_eq(rx_conn_send(c, rx_buffer_peek(in), rx_buffer_len(in)), 0);
+    rx_buffer_consume(in, rx_buffer_len(in));
+}
+static void e_close(rx_conn *c, rx_close_reason r, int err, void *arg) {
+    (void)c;
+    (void)err;
+    (void)arg;
+    E.closes++;
+    E.reason = r;
+}
+static const rx_conn_callbacks e_cbs = {.on_open = e_open, .on_data = e_data, .on_close = e_close};
+
+static rx_server *echo_server(rx_loop *loop, const char *addr) {
+    memset(&E, 0, sizeof(E));
+    rx_server_opts o = {.listen = addr ? addr : "127.0.0.1:0", .cbs = &e_cbs};
+    return rx_server_new(loop, &o);
+}
+
+/* A listener with a full accept queue: listen(fd, 0) holds one connection, which a first client
+ * takes; later SYNs are dropped, so a connect to it hangs. Returns false if this kernel does not
+ * behave like that (the caller then skips). */
+static bool full_backlog(int *lfd, int *filler, int *port) {
+    *lfd = tu_tcp_listen(0, port);
+    *filler = tu_tcp_connect(*port, true);
+    ck_assert_int_ge(*filler, 0);
+    /* Probe: a second connection must not complete. */
+    int probe = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)*port)};
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = connect(probe, (struct sockaddr *)&sin, sizeof(sin));
+    bool hangs = rc < 0 && errno == EINPROGRESS && tu_poll(probe, POLLOUT, 100) == 0;
+    close(probe);
+    return hangs;
+}
+
+/* ---- success ---- */
+
+START_TEST(test_connect_ok) {
+    rx_loop *loop = rx_loop_new();
+    rx_server *s = echo_server(loop, NULL);
+    ck_assert_ptr_nonnull(s);
+    char addr[64];
+    int port = rx_addr_port(rx_server_addr(s));
+    addr_of(addr, sizeof(addr), port);
+    struct cl k = {0};
+    rx_connect_opts o = {.addr = addr, .timeout_ms = 2000, .cbs = &c_cbs, .arg = &k};
+    rx_conn *c = rx_connect(loop, &o);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
+    ck_assert_int_eq(k.opens, 0); /* never from inside rx_connect */
+    ck_assert(tu_run_until_fn(loop, cl_opened, &k, 2000, 5));
+    ck_assert_int_eq(k.opens, 1);
+    ck_assert_int_eq(k.closes, 0);
+    ck_assert_int_eq(k.state_at_open, RX_CONN_OPEN);
+    ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_OPEN);
+    rx_addr peer, local;
+    ck_assert_int_eq(rx_conn_peer_addr(c, &peer), 0);
+    ck_assert_int_eq(rx_addr_port(&peer), port);
+    ck_assert_int_eq(rx_conn_local_addr(c, &local), 0);
+    ck_assert_int_eq(local.u.in.sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+    ck_assert_int_eq(rx_conn_send(c, "ping", 4), 0);
+    unsigned long long deadline = tu_now_ms() + 2000;
+    while (rx_buffer_len(&k.in) < 4 && tu_now_ms() < deadline)
+        rx_loop_run_once(loop, 5);
+    ck_assert_uint_eq(rx_buffer_len(&k.in), 4);
+    ck_assert_int_eq(memcmp(rx_buffer_peek(&k.in), "ping", 4), 0);
+    ck_assert_uint_eq(rx_conn_bytes_out(c), 4);
+    ck_assert_uint_eq(rx_conn_bytes_in(c), 4);
+    rx_conn_close(c);
+    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 5));
+    ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
+    ck_assert_int_eq(k.late, 0);
+    rx_buffer_free(&k.in);
+    rx_buffer_free(&E.in);
+    rx_server_free(s);
+    rx_loop_free(loop);
+}
+END_TEST
+
+START_TEST(test_bad_address) {
+    rx_loop *loop = rx_loop_new();
+    struct cl k = {0};
+    const char *bad[] = {"nonsense", "127.0.0.1", "127.0.0.1:99999", "localhost:80", NULL};
+    for (int i = 0;; i++) {
+        rx_connect_opts o = {.addr = bad[i], .cbs = &c_cbs, .arg = &k};
+        errno = 0;
+        ck_assert_ptr_null(rx_connect(loop, &o));
+        ck_assert_int_eq(errno, EINVAL);
+        if (!bad[i])
+            break;
+    }
+    rx_connect_opts o = {.addr = "127.0.0.1:1", .bind = "bogus", .cbs = &c_cbs, .arg = &k};
+    errno = 0;
+    ck_assert_ptr_null(rx_connect(loop, &o));
+    ck_assert_int_eq(errno, EINVAL);
+    errno = 0;
+    ck_assert_ptr_null(rx_connect(loop, NULL));
+    ck_assert_int_eq(errno, EINVAL);
+    tu_run_for(loop, 20);
+    ck_assert_int_eq(k.closes, 0);
+    ck_assert_int_eq(k.opens, 0);
+    rx_loop_free(loop);
+}
+END_TEST
+
+START_TEST(test_bind_local_address) {
+    rx_loop *loop = rx_loop_new();
+    rx_server *s = echo_server(loop, NULL);
+    char addr[64], bind[64];
+    addr_of(addr, sizeof(addr), rx_addr_port(rx_server_addr(s)));
+    int lport = tu_free_port();
+    addr_of(bind, sizeof(bind), lport);
+    struct cl k = {0};
+    rx_connect_opts o = {.addr = addr, .bind = bind, .cbs = &c_cbs, .arg = &k};
+    rx_conn *c = rx_connect(loop, &o);
+    ck_assert_ptr_nonnull(c);
+    ck_assert(tu_run_until_fn(loop, cl_opened, &k, 2000, 5));
+    ck_assert_int_eq(k.opens, 1);
+    rx_addr local;
+    ck_assert_int_eq(rx_conn_local_addr(c, &local), 0);
+    ck_assert_int_eq(rx_addr_port(&local), lport);
+    /* And port 0: the kernel picks one. */
+    struct cl k2 = {0};
+    rx_connect_opts o2 = {.addr = addr, .bind = "127.0.0.1:0", .cbs = &c_cbs, .arg = &k2};
+    rx_conn *c2 = rx_connect(loop, &o2);
+    ck_assert_ptr_nonnull(c2);
+    ck_assert(tu_run_until_fn(loop, cl_opened, &k2, 2000, 5));
+    ck_assert_int_eq(k2.opens, 1);
+    ck_assert_int_eq(rx_conn_local_addr(c2, &local), 0);
+    ck_assert_int_gt(rx_addr_port(&local), 0);
+    rx_server_free(s);
+    rx_loop_free(loop);
+    ck_assert_int_eq(k.closes, 1);
+    ck_assert_int_eq(k2.closes, 1);
+    rx_buffer_free(&E.in);
+}
+END_TEST
+
+/* ---- refusal, retries, timeout ---- */
+
+START_TEST(test_refused) {
+    rx_loop *loop = rx_loop_new();
+    char addr[64];
+    addr_of(addr, sizeof(addr), tu_free_port());
+    struct cl k = {0};
+    rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
+    rx_conn *c = rx_connect(loop, &o);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
+    ck_assert_int_eq(k.closes, 0); /* reported from the loop, not from rx_connect */
+    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 5));
+    ck_assert_int_eq(k.closes, 1);
+    ck_assert_int_eq(k.opens, 0);
+    ck_assert_int_eq(k.reason, RX_CLOSE_ERROR);
+    ck_assert_int_eq(k.err, -ECONNREFUSED);
+    tu_run_for(loop, 30);
+    ck_assert_int_eq(k.closes, 1);
+    rx_loop_free(loop);
+}
+END_TEST
+
+START_TEST(test_retries_exhausted_backoff) {
+    rx_loop *loop = rx_loop_new();
+    char addr[64];
+    addr_of(addr, sizeof(addr), tu_free_port());
+    struct cl k = {0};
+    /* Waits of 30, 60 and 60 (capped) ms between the four attempts. */
+    rx_connect_opts o = {.addr = addr,
+                         .retries = 3,
+                         .backoff_ms = 30,
+                         .backoff_max_ms = 60,
+                         .cbs = &c_cbs,
+                         .arg = &k};
+    unsigned long long t0 = rx_loop_now_ms(loop); /* timers count from the cached time */
+    rx_conn *c = rx_connect(loop, &o);
+    ck_assert_ptr_nonnull(c);
+    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 3000, 2));
+    unsigned long long ms = k.close_ms - t0;
+    ck_assert_int_eq(k.reason, RX_CLOSE_ERROR);
+    ck_assert_int_eq(k.err, -ECONNREFUSED);
+    ck_assert_int_eq(k.opens, 0);
+    ck_assert_msg(ms >= 145 && ms < 1000, "closed after %llu ms, want ~150", ms);
+    rx_loop_free(loop);
+}
+END_TEST
+
+START_TEST(test_retry_until_server_appears) {
+    rx_loop *loop = rx_loop_new();
+    int port = tu_free_port();
+    char addr[64];
+    addr_of(addr, sizeof(addr), port);
+    struct cl k = {0};
+    rx_connect_opts o = {
+        .addr = addr, .timeout_ms = 1000, .retries = 5, .backoff_ms = 20, .cbs = &c_cbs, .arg = &k};
+    unsigned long long t0 = tu_now_ms();
+    rx_conn *c = rx_connect(loop, &o);
+    ck_assert_ptr_nonnull(c);
+    /* Sent while connecting: queued, and delivered exactly once after the retries. */
+    ck_assert_int_eq(rx_conn_send(c, "early bird", 10), 0);
+    ck_assert_uint_eq(rx_conn_queued(c), 10);
+    while (tu_now_ms() - t0 < 50)
+        ck_assert_int_ge(rx_loop_run_once(loop, 2), 0);
+    ck_assert_int_eq(k.opens, 0);
+    ck_assert_int_eq(k.closes, 0);
+    rx_server *s = echo_server(loop, addr);
+    if (!s && errno == EADDRINUSE) {
+        fprintf(stderr, "test_retry_until_server_appears: port %d taken meanwhile, skipped\n",
+                port);
+        rx_loop_free(loop);
+        return;
+    }
+    ck_assert_ptr_nonnull(s);
+    ck_assert(tu_run_until_fn(loop, cl_opened, &k, 3000, 2));
+    ck_assert_msg(k.opens == 1, "closed instead: reason %d err %d", k.reason, k.err);
+    ck_assert_int_eq(k.closes, 0);
+    unsigned long long deadline = tu_now_ms() + 2000;
+    while (rx_buffer_len(&k.in) < 10 && tu_now_ms() < deadline)
+        rx_loop_run_once(loop, 5);
+    ck_assert_uint_eq(rx_buffer_len(&E.in), 10);
+    ck_assert_int_eq(memcmp(rx_buffer_peek(&E.in), "early bird", 10), 0);
+    ck_assert_uint_eq(rx_buffer_len(&k.in), 10);
+    ck_assert_int_eq(E.opens, 1);
+    rx_conn_close(c);
+    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 5));
+    ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
+    rx_buffer_free(&k.in);
+    rx_buffer_free(&E.in);
+    rx_server_free(s);
+    rx_loop_free(loop);
+}
+END_TEST
+
+START_TEST(test_connect_timeout) {
+    int lfd, filler, port;
+    if (!full_backlog(&lfd, &filler, &port)) {
+        fprintf(stderr,
+                "test_connect_timeout: connects to a full backlog complete here, skipped\n");
+        close(lfd);
+        close(filler);
+        return;
+    }
+    rx_loop *loop = rx_loop_new();
+    char addr[64];
+    addr_of(addr, sizeof(addr), port);
+    struct cl k = {0}, k2 = {0};
+    rx_connect_opts o = {.addr = addr, .timeout_ms = 100, .cbs = &c_cbs, .arg = &k};
+    /* With one retry: two attempts of 100 ms and a 50 ms wait between them. */
+    rx_connect_opts o2 = {
+        .addr = addr, .timeout_ms = 100, .retries = 1, .backoff_ms = 50, .cbs = &c_cbs, .arg = &k2};
+    unsigned long long t0 = rx_loop_now_ms(loop); /* timers count from the cached time */
+    ck_assert_ptr_nonnull(rx_connect(loop, &o));
+    ck_assert_ptr_nonnull(rx_connect(loop, &o2));
+    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 2));
+    ck_assert_int_eq(k.reason, RX_CLOSE_TIMEOUT);
+    ck_assert_int_eq(k.err, -ETIMEDOUT);
+    ck_assert_int_eq(k.opens, 0);
+    ck_assert_uint_ge(k.close_ms - t0, 95);
+    ck_assert_uint_lt(k.close_ms - t0, 1000);
+    ck_assert(tu_run_until_fn(loop, cl_closed, &k2, 2000, 2));
+    ck_assert_int_eq(k2.reason, RX_CLOSE_TIMEOUT);
+    ck_assert_int_eq(k2.err, -ETIMEDOUT);
+    ck_assert_uint_ge(k2.close_ms - t0, 245);
+    ck_assert_uint_lt(k2.close_ms - t0, 1500);
+    rx_loop_free(loop);
+    close(filler);
+    close(lfd);
+}
+END_TEST
+
+/* ---- data while connecting, shutdown while connecting ---- */
+
+START_TEST(test_data_while_connecting) {
+    rx_loop *loop = rx_loop_new();
+    rx_server *s = echo_server(loop, NULL);
+    char addr[64];
+    addr_of(addr, sizeof(addr), rx_addr_port(rx_server_addr(s)));
+    struct cl k = {0};
+    rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
+    rx_conn *c = rx_connect(loop, &o);
+    ck_assert_ptr_nonnull(c);
+    /* Several pieces of several kinds, all queued before the connect completes. */
+    const size_t big = 3 * 1024 * 1024;
+    char *payload = malloc(big);
+    tu_pattern_fill(payload, 0, big);
+    ck_assert_int_eq(rx_conn_send(c, "A", 1), 0);
+    struct iovec iov[3] = {{"B", 1}, {payload, big}, {"C", 1}};
+    ck_assert_int_eq(rx_conn_sendv(c, iov, 3), 0);
+    /* A file range too, after the buffered bytes. */
+    const size_t flen = 100 * 1024;
+    char path[] = "/tmp/rx-test-connector-XXXXXX";
+    int file = mkstemp(path);
+    ck_assert_int_ge(file, 0);
+    unlink(path);
+    ck_assert_int_eq(write(file, payload, flen), (ssize_t)flen);
+    ck_assert_int_eq(rx_conn_sendfile(c, file, 0, flen), 0);
+    ck_assert_int_eq(rx_conn_send(c, "D", 1), 0);
+    const size_t total = big + 3 + flen + 1;
+    ck_assert_uint_eq(rx_conn_queued(c), total);
+    ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
+    unsigned long long deadline = tu_now_ms() + 5000;
+    while (rx_buffer_len(&E.in) < total && tu_now_ms() < deadline)
+        rx_loop_run_once(loop, 2);
+    ck_assert_int_eq(k.opens, 1);
+    ck_assert_uint_eq(rx_buffer_len(&E.in), total);
+    const char *got = rx_buffer_peek(&E.in);
+    ck_assert_int_eq(got[0], 'A');
+    ck_assert_int_eq(got[1], 'B');
+    ck_assert_int_eq(memcmp(got + 2, payload, big), 0);
+    ck_assert_int_eq(got[big + 2], 'C');
+    ck_assert_int_eq(memcmp(got + big + 3, payload, flen), 0);
+    ck_assert_int_eq(got[total - 1], 'D');
+    ck_assert_uint_eq(rx_conn_bytes_out(c), total);
+    free(payload);
+    rx_server_free(s);
+    rx_loop_free(loop);
+    rx_buffer_free(&k.in);
+    rx_buffer_free(&E.in);
+}
+END_TEST
+
+/* rx_conn_shutdown while connecting: what was queued goes out, then the write side shuts (the
+ * server, without on_eof, then closes with RX_CLOSE_PEER). */
+START_TEST(test_shutdown_while_connecting) {
+    for (int with_data = 1; with_data >= 0; with_data--) {
+        rx_loop *loop = rx_loop_new();
+        rx_server *s = echo_server(loop, NULL);
+        char addr[64];
+        addr_of(addr, sizeof(addr), rx_addr_port(rx_server_addr(s)));
+        struct cl k = {0};
+        rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
+        rx_conn *c = rx_connect(loop, &o);
+        ck_assert_ptr_nonnull(c);
+        if (with_data)
+            ck_assert_int_eq(rx_conn_send(c, "last words", 10), 0);
+        rx_conn_shutdown(c);
+        ck_assert_int_eq(rx_conn_send(c, "x", 1), -EPIPE);
+        unsigned long long deadline = tu_now_ms() + 2000;
+        while (E.closes == 0 && tu_now_ms() < deadline)
+            rx_loop_run_once(loop, 5);
+        ck_assert_int_eq(k.opens, 1);
+        ck_assert_msg(E.closes == 1, "%s: the server never saw the client's EOF",
+                      with_data ? "with data" : "without data");
+        ck_assert_int_eq(E.reason, RX_CLOSE_PEER);
+        ck_assert_uint_eq(rx_buffer_len(&E.in), with_data ? 10u : 0u);
+        rx_server_free(s);
+        rx_loop_free(loop);
+        rx_buffer_free(&k.in);
+        rx_buffer_free(&E.in);
+    }
+}
+END_TEST
+
+/* ---- cancelling ---- */
+
+START_TEST(test_close_while_connecting) {
+    int lfd, filler, port;
+    bool hangs = full_backlog(&lfd, &filler, &port);
+    rx_loop *loop = rx_loop_new();
+    char addr[64];
+    addr_of(addr, sizeof(addr), port);
+    for (int mode = 0; mode < 2; mode++) {
+        struct cl k = {0};
+        rx_connect_opts o = {.addr = addr, .timeout_ms = 5000, .cbs = &c_cbs, .arg = &k};
+        rx_conn *c = rx_connect(loop, &o);
+        ck_assert_ptr_nonnull(c);
+        ck_assert_int_eq(rx_conn_send(c, "queued", 6), 0);
+        tu_run_for(loop, 20);
+        if (hangs)
+            ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
+        if (rx_conn_get_state(c) != RX_CONN_CONNECTING) {
+            rx_conn_abort(c);
+            continue;
+        }
+        if (mode == 0)
+            rx_conn_close(c);
+        else
+            rx_conn_abort(c);
+        /* Outside rx_loop_run: on_close runs now. */
+        ck_assert_int_eq(k.closes, 1);
+        ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
+        tu_run_for(loop, 30);
+        ck_assert_int_eq(k.closes, 1);
+        ck_assert_int_eq(k.opens, 0);
+    }
+    rx_loop_free(loop);
+    close(filler);
+    close(lfd);
+}
+END_TEST
+
+/* Cancelled from inside a callback (a timer's) while connecting: on_close at the end of that
+ * iteration. */
+static void cancel_cb(rx_timer *t, void *arg) {
+    (void)t;
+    rx_conn_close(arg);
+}
+
+START_TEST(test_close_while_connecting_in_callback) {
+    int lfd, filler, port;
+    bool hangs = full_backlog(&lfd, &filler, &port);
+    if (!hangs) {
+        fprintf(stderr, "test_close_while_connecting_in_callback: no hanging connect, skipped\n");
+        close(lfd);
+        close(filler);
+        return;
+    }
+    rx_loop *loop = rx_loop_new();
+    char addr[64];
+    addr_of(addr, sizeof(addr), port);
+    struct cl k = {0};
+    rx_connect_opts o = {.addr = addr, .timeout_ms = 5000, .cbs = &c_cbs, .arg = &k};
+    rx_conn *c = rx_connect(loop, &o);
+    rx_timer *t = rx_timer_new(loop, cancel_cb, c);
+    rx_timer_start(t, 30, 0);
+    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 5));
+    ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
+    ck_assert_int_eq(k.opens, 0);
+    tu_run_for(loop, 30);
+    ck_assert_int_eq(k.closes, 1);
+    rx_timer_free(t);
+    rx_loop_free(loop);
+    close(filler);
+    close(lfd);
+}
+END_TEST
+
+START_TEST(test_close_during_backoff) {
+    rx_loop *loop = rx_loop_new();
+    char addr[64];
+    addr_of(addr, sizeof(addr), tu_free_port());
+    struct cl k = {0};
+    rx_connect_opts o = {.addr = addr, .retries = 5, .backoff_ms = 100, .cbs = &c_cbs, .arg = &k};
+    rx_conn *c = rx_connect(loop, &o);
+    ck_assert_ptr_nonnull(c);
+    tu_run_for(loop, 40); /* the first attempt failed; waiting for the retry */
+    ck_assert_int_eq(k.closes, 0);
+    ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
+    rx_conn_close(c);
+    ck_assert_int_eq(k.closes, 1);
+    ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
+    tu_run_for(loop, 300); /* the retry timer is gone with it */
+    ck_assert_int_eq(k.closes, 1);
+    ck_assert_int_eq(k.opens, 0);
+    rx_loop_free(loop);
+}
+END_TEST
+
+START_TEST(test_close_in_on_open) {
+    rx_loop *loop = rx_loop_new();
+    rx_server *s = echo_server(loop, NULL);
+    char addr[64];
+    addr_of(addr, sizeof(addr), rx_addr_port(rx_server_addr(s)));
+    struct cl k = {.close_in_open = true}, k2 = {.abort_in_open = true};
+    rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
+    rx_connect_opts o2 = {.addr = addr, .cbs = &c_cbs, .arg = &k2};
+    rx_conn *c = rx_connect(loop, &o);
+    rx_conn *c2 = rx_connect(loop, &o2);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_ptr_nonnull(c2);
+    ck_assert_int_eq(rx_conn_send(c, "queued", 6), 0);
+    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 5));
+    ck_assert(tu_run_until_fn(loop, cl_closed, &k2, 2000, 5));
+    tu_run_for(loop, 50);
+    ck_assert_int_eq(k.opens, 1);
+    ck_assert_int_eq(k.closes, 1);
+    ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
+    ck_assert_int_eq(k.late, 0);
+    ck_assert_int_eq(k2.opens, 1);
+    ck_assert_int_eq(k2.closes, 1);
+    ck_assert_int_eq(k2.reason, RX_CLOSE_LOCAL);
+    ck_assert_int_eq(k2.late, 0);
+    /* The graceful one still wrote what was queued before it closed. */
+    ck_assert_uint_eq(rx_buffer_len(&E.in), 6);
+    rx_server_free(s);
+    rx_loop_free(loop);
+    rx_buffer_free(&E.in);
+}
+END_TEST
+
+START_TEST(test_loop_free_while_connecting) {
+    int lfd, filler, port;
+    bool hangs = full_backlog(&lfd, &filler, &port);
+    rx_loop *loop = rx_loop_new();
+    char addr[64], refused[64];
+    addr_of(addr, sizeof(addr), port);
+    addr_of(refused, sizeof(refused), tu_free_port());
+    struct cl k = {0}, k2 = {0};
+    rx_connect_opts o = {.addr = addr, .timeout_ms = 5000, .cbs = &c_cbs, .arg = &k};
+    rx_connect_opts o2 = {
+        .addr = refused, .retries = 3, .backoff_ms = 1000, .cbs = &c_cbs, .arg = &k2};
+    ck_assert_ptr_nonnull(rx_connect(loop, &o));
+    ck_assert_ptr_nonnull(rx_connect(loop, &o2));
+    tu_run_for(loop, 30);
+    if (hangs)
+        ck_assert_int_eq(k.closes, 0);
+    ck_assert_int_eq(k2.closes, 0); /* backing off */
+    rx_loop_free(loop);
+    ck_assert_int_eq(k.closes, 1);
+    ck_assert_int_eq(k2.closes, 1);
+    ck_assert_int_eq(k2.reason, RX_CLOSE_LOCAL);
+    if (hangs)
+        ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
+    close(filler);
+    close(lfd);
+}
+END_TEST
+
+/* ---- 5,000 concurrent connections ---- */
+
+#define MANY 5000
+
+static struct many {
+    int opens, closes, good, bad, server_closes;
+    int id[MANY];
+    rx_buffer in[MANY];
+} * M;
+
+static void m_open(rx_conn *c, void *arg) {
+    (void)c;
+    (void)arg;
+    M->opens++;
+}
+static void m_data(rx_conn *c, rx_buffer *in, void *arg) {
+    int i = *(int *)arg;
+    ck_assert_int_eq(rx_buffer_append(&M->in[i], rx_buffer_peek(in), rx_buffer_len(in)), 0);
+    rx_buffer_consume(in, rx_buffer_len(in));
+    char want[32];
+    int n = snprintf(want, sizeof(want), "message %d", i);
+    if (rx_buffer_len(&M->in[i]) < (size_t)n)
+        return;
+    if (rx_buffer_len(&M->in[i]) == (size_t)n && memcmp(rx_buffer_peek(&M->in[i]), want, n) == 0)
+        M->good++;
+    else
+        M->bad++;
+    rx_conn_close(c);
+}
+static void m_close(rx_conn *c, rx_close_reason r, int err, void *arg) {
+    (void)c;
+    (void)err;
+    int i = *(int *)arg;
+    M->closes++;
+    if (r != RX_CLOSE_LOCAL)
+        M->bad++;
+    rx_buffer_free(&M->in[i]);
+}
+static void ms_close(rx_conn *c, rx_close_reason r, int err, void *arg) {
+    (void)c;
+    (void)r;
+    (void)err;
+    (void)arg;
+    M->server_closes++;
+}
+static void ms_data(rx_conn *c, rx_buffer *in, void *arg) {
+    (void)arg;
+    rx_conn_send(c, rx_buffer_peek(in), rx_buffer_len(in));
+    rx_buffer_consume(in, rx_buffer_len(in));
+}
+
+static bool many_done(void *arg) {
+    (void)arg;
+    return M->closes == MANY && M->server_closes == MANY;
+}
+
+START_TEST(test_5000_concurrent) {
+    struct rlimit rl;
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 2 * MANY + 100) {
+        fprintf(stderr, "test_5000_concurrent: RLIMIT_NOFILE hard limit %llu < %d, skipped\n",
+                (unsigned long long)rl.rlim_max, 2 * MANY + 100);
+        return;
+    }
+    rl.rlim_cur = rl.rlim_max;
+    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    M = calloc(1, sizeof(*M));
+    ck_assert_ptr_nonnull(M);
+    rx_loop *loop = rx_loop_new();
+    static const rx_conn_callbacks scbs = {.on_data = ms_data, .on_close = ms_close};
+    static const rx_conn_callbacks ccbs = {
+        .on_open = m_open, .on_data = m_data, .on_close = m_close};
+    rx_server_opts so = {.listen = "127.0.0.1:0", .cbs = &scbs};
+    rx_server *s = rx_server_new(loop, &so);
+    ck_assert_ptr_nonnull(s);
+    char addr[64];
+    addr_of(addr, sizeof(addr), rx_addr_port(rx_server_addr(s)));
+    unsigned long long t0 = tu_now_ms();
+    for (int i = 0; i < MANY; i++) {
+        M->id[i] = i;
+        rx_connect_opts o = {.addr = addr, .timeout_ms = 20000, .cbs = &ccbs, .arg = &M->id[i]};
+        rx_conn *c = rx_connect(loop, &o);
+        ck_assert_msg(c != NULL, "rx_connect %d: %s", i, strerror(errno));
+        char msg[32];
+        int n = snprintf(msg, sizeof(msg), "message %d", i);
+        ck_assert_int_eq(rx_conn_send(c, msg, (size_t)n), 0);
+        if (i % 250 == 249)
+            ck_assert_int_ge(rx_loop_run_once(loop, 0), 0); /* let the server accept */
+    }
+    ck_assert_msg(tu_run_until_fn(loop, many_done, NULL, 28000, 10),
+                  "after %llu ms: %d opened, %d closed, %d good, %d bad, %d server closes",
+                  tu_now_ms() - t0, M->opens, M->closes, M->good, M->bad, M->server_closes);
+    ck_assert_int_eq(M->opens, MANY);
+    ck_assert_int_eq(M->good, MANY);
+    ck_assert_int_eq(M->bad, 0);
+    ck_assert_uint_eq(rx_server_accepted(s), MANY);
+    ck_assert_uint_eq(rx_server_conn_count(s), 0);
+    fprintf(stderr, "5000 connections echoed in %llu ms\n", tu_now_ms() - t0);
+    rx_server_free(s);
+    rx_loop_free(loop);
+    free(M);
+    M = NULL;
+}
+END_TEST
+
+static Suite *connector_suite(void) {
+    Suite *s = suite_create("connector");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 30);
+    tcase_add_checked_fixture(tc, NULL, teardown);
+    tcase_add_test(tc, test_connect_ok);
+    tcase_add_test(tc, test_bad_address);
+    tcase_add_test(tc, test_bind_local_address);
+    tcase_add_test(tc, test_refused);
+    tcase_add_test(tc, test_retries_exhausted_backoff);
+    tcase_add_test(tc, test_retry_until_server_appears);
+    tcase_add_test(tc, test_connect_timeout);
+    tcase_add_test(tc, test_data_while_connecting);
+    tcase_add_test(tc, test_shutdown_while_connecting);
+    tcase_add_test(tc, test_close_while_connecting);
+    tcase_add_test(tc, test_close_while_connecting_in_callback);
+    tcase_add_test(tc, test_close_during_backoff);
+    tcase_add_test(tc, test_close_in_on_open);
+    tcase_add_test(tc, test_loop_free_while_connecting);
+    suite_add_tcase(s, tc);
+
+    TCase *many = tcase_create("many");
+    tcase_set_timeout(many, 60);
+    tcase_add_checked_fixture(many, NULL, teardown);
+    tcase_add_test(many, test_5000_concurrent);
+    suite_add_tcase(s, many);
+    return s;
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    SRunner *sr = srunner_create(connector_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
