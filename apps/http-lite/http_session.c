@@ -1,0 +1,357 @@
+/* One HTTP/1.1 connection: parse pipelined requests out of the input buffer, read bodies
+ * (Content-Length or chunked, with 100-continue), route, and append every response to the output
+ * buffer so all answers to one read leave in one write. Backpressure pauses a client that does not
+ * read its responses; a header that does not arrive in time gets 408. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_server.h"
+
+/* Output queued beyond this pauses request processing (and reading) until the client reads. */
+#define OUTPUT_LIMIT (256 * 1024)
+
+typedef enum { TIMEOUT_NONE, TIMEOUT_HEADER, TIMEOUT_IDLE } timeout_mode;
+
+typedef struct session {
+    http_server *srv;
+    rx_conn *conn;
+    http_parser parser;
+    http_request *req; /* borrowed while a request spans reads; NULL otherwise */
+    bool in_body;      /* head parsed, waiting for the body */
+    bool sent_continue;
+    bool paused; /* stopped processing for backpressure */
+    http_chunked chunk;
+    uint64_t header_deadline_ms; /* when the current head must be complete; 0: no head started */
+    timeout_mode timeout;
+    unsigned long long seen_in, seen_out; /* connection byte counters already in the stats */
+} session;
+
+/* A request spanning reads keeps its parse results in memory of its own, recycled through the
+ * server's pool; most requests arrive whole and parse into the server's one shared struct (the
+ * loop is single-threaded), so they need none. */
+static http_request *req_borrow(http_server *srv) {
+    http_request *r = srv->req_pool;
+    if (r)
+        srv->req_pool = *(http_request **)r; /* free entries keep the next pointer in place */
+    else
+        r = malloc(sizeof(*r));
+    return r;
+}
+
+static void req_return(http_server *srv, http_request *r) {
+    *(http_request **)r = srv->req_pool;
+    srv->req_pool = r;
+}
+
+static void sync_stats(session *s) {
+    http_stats *st = &s->srv->stats;
+    unsigned long long in = rx_conn_bytes_in(s->conn), out = rx_conn_bytes_out(s->conn);
+    st->bytes_in += in - s->seen_in;
+    st->bytes_out += out - s->seen_out;
+    s->seen_in = in;
+    s->seen_out = out;
+}
+
+static void set_timeout(session *s, timeout_mode mode, uint64_t ms) {
+    if (s->timeout == mode && mode != TIMEOUT_HEADER)
+        return;
+    s->timeout = mode;
+    rx_conn_set_idle_timeout(s->conn, ms);
+}
+
+static void end_request(session *s) {
+    if (s->req) {
+        req_return(s->srv, s->req);
+        s->req = NULL;
+    }
+    s->in_body = false;
+    s->sent_continue = false;
+    s->header_deadline_ms = 0;
+    http_parser_init(&s->parser, &(http_limits){.max_head_bytes = s->srv->cfg.max_header_bytes});
+}
+
+/* Answers with an error and closes: after a malformed request the stream cannot be trusted. */
+static void fail(session *s, int status, const char *extra) {
+    http_write_error(s->srv, rx_conn_output(s->conn), status, HTTP_CONN_CLOSE, extra);
+    s->srv->stats.requests++;
+    end_request(s);
+    rx_conn_close(s->conn);
+}
+
+static bool path_is(const char *buf, const http_request *req, const char *path) {
+    size_t n = strlen(path);
+    return req->path.len == n && memcmp(buf + req->path.off, path, n) == 0;
+}
+
+static bool method_known(http_method m) {
+    return m == HTTP_M_GET || m == HTTP_M_HEAD || m == HTTP_M_POST;
+}
+
+static const char *allow_for(const char *buf, const http_request *req) {
+    return path_is(buf, req, "/echo") ? "Allow: POST\r\n" : "Allow: GET, HEAD\r\n";
+}
+
+/* Whether the method is one this path answers (else 405 with allow_for). */
+static bool method_allowed(const char *buf, const http_request *req) {
+    if (path_is(buf, req, "/echo"))
+        return req->method == HTTP_M_POST;
+    return req->method == HTTP_M_GET || req->method == HTTP_M_HEAD;
+}
+
+/* The status a request gets before its body is read, or 0 when it may go on. A client waiting
+ * for 100 Continue learns a rejection without sending the body. */
+static int early_status(const http_server *srv, const char *buf, const http_request *req) {
+    if (!method_known(req->method))
+        return 501;
+    if (req->has_length && req->content_length > srv->cfg.max_body_bytes)
+        return 413;
+    if (req->expect_continue && !method_allowed(buf, req))
+        return 405;
+    return 0;
+}
+
+static void respond_fixed(session *s, const http_request *req, int keep_alive, const char *ctype,
+                          const char *body) {
+    rx_buffer *out = rx_conn_output(s->conn);
+    size_t n = strlen(body);
+    http_write_head(s->srv, out, 200, ctype, n, keep_alive, NULL);
+    if (req->method != HTTP_M_HEAD)
+        rx_buffer_append(out, body, n);
+}
+
+static void respond_stats(session *s, const http_request *req, int keep_alive) {
+    const http_stats *st = &s->srv->stats;
+    char body[512];
+    int n = snprintf(
+        body, sizeof(body),
+        "{\"connections_open\":%llu,\"connections_total\":%llu,\"requests\":%llu,"
+        "\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":{\"1xx\":%llu,\"2xx\":%llu,"
+        "\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu}}\n",
+        st->conns_open, st->conns_total, st->requests, st->bytes_in, st->bytes_out, st->by_class[1],
+        st->by_class[2], st->by_class[3], st->by_class[4], st->by_class[5]);
+    (void)n;
+    respond_fixed(s, req, keep_alive, "application/json", body);
+}
+
+static void respond_echo(session *s, const char *buf, const http_request *req, const char *body,
+                         size_t len, int keep_alive) {
+    rx_buffer *out = rx_conn_output(s->conn);
+    const char *ctype = "application/octet-stream";
+    char ct[128];
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const http_header *h = &req->headers[i];
+        if (http_span_ieq(buf, h->name, "content-type") && h->value.len < sizeof(ct)) {
+            memcpy(ct, buf + h->value.off, h->value.len);
+            ct[h->value.len] = '\0';
+            ctype = ct;
+        }
+    }
+    http_write_head(s->srv, out, 200, ctype, len, keep_alive, NULL);
+    rx_buffer_append(out, body, len);
+}
+
+/* One access-log line: peer, request line, status and body length of the response. */
+static void log_request(session *s, const char *buf, const http_request *req) {
+    rx_addr peer;
+    char who[RX_ADDR_STRLEN] = "-";
+    if (rx_conn_peer_addr(s->conn, &peer) == 0)
+        rx_addr_format(&peer, who, sizeof(who));
+    fprintf(s->srv->log, "%s \"%.*s %.*s HTTP/1.%d\" %d %llu\n", who, (int)req->method_name.len,
+            buf + req->method_name.off, (int)req->target.len, buf + req->target.off,
+            req->version_minor, s->srv->last_status, s->srv->last_length);
+}
+
+/* Routes a complete request; body points into the input buffer. */
+static void route(session *s, const char *buf, const http_request *req, const char *body,
+                  size_t body_len) {
+    http_server *srv = s->srv;
+    rx_buffer *out = rx_conn_output(s->conn);
+    int ka = !req->keep_alive          ? HTTP_CONN_CLOSE
+             : req->version_minor == 0 ? HTTP_CONN_KEEP_10
+                                       : HTTP_CONN_KEEP;
+    srv->stats.requests++;
+    if (!method_known(req->method))
+        http_write_error(srv, out, 501, ka, NULL);
+    else if (!method_allowed(buf, req))
+        http_write_error(srv, out, 405, ka, allow_for(buf, req));
+    else if (path_is(buf, req, "/plaintext"))
+        respond_fixed(s, req, ka, "text/plain", "Hello, World!");
+    else if (path_is(buf, req, "/json"))
+        respond_fixed(s, req, ka, "application/json", "{\"message\":\"Hello, World!\"}");
+    else if (path_is(buf, req, "/echo"))
+        respond_echo(s, buf, req, body, body_len, ka);
+    else if (path_is(buf, req, "/stats"))
+        respond_stats(s, req, ka);
+    else
+        http_serve_static(srv, s->conn, buf, req, ka);
+    if (srv->log)
+        log_request(s, buf, req);
+    if (ka == HTTP_CONN_CLOSE)
+        rx_conn_close(s->conn);
+}
+
+/* Handles the request at the front of `in` as far as the bytes allow. Returns true when a whole
+ * request was consumed and the next may follow. */
+static bool step(session *s, rx_buffer *in) {
+    http_server *srv = s->srv;
+    const char *buf = rx_buffer_peek(in);
+    size_t len = rx_buffer_len(in);
+    http_request *req = s->req ? s->req : &srv->shared_req;
+    if (!s->in_body) {
+        uint64_t header_ms =
+            srv->cfg.header_timeout_ms ? srv->cfg.header_timeout_ms : UINT64_MAX / 2;
+        if (s->header_deadline_ms == 0)
+            s->header_deadline_ms = rx_loop_now_ms(srv->loop) + header_ms;
+        int rc = http_parse_head(&s->parser, req, buf, len);
+        if (rc == HTTP_PARSE_ERROR) {
+            fail(s, s->parser.status, NULL);
+            return false;
+        }
+        if (rc == HTTP_PARSE_AGAIN) {
+            uint64_t now = rx_loop_now_ms(srv->loop);
+            if (now >= s->header_deadline_ms) {
+                fail(s, 408, NULL);
+                return false;
+            }
+            /* The header timeout counts from the first byte, however slowly the rest trickles. */
+            if (srv->cfg.header_timeout_ms)
+                set_timeout(s, TIMEOUT_HEADER, s->header_deadline_ms - now);
+            goto keep;
+        }
+        int early = early_status(srv, buf, req);
+        if (early) {
+            fail(s, early, early == 405 ? allow_for(buf, req) : NULL);
+            return false;
+        }
+        s->in_body = req->chunked || (req->has_length && req->content_length > 0);
+        if (req->chunked)
+            http_chunked_init(&s->chunk, srv->cfg.max_body_bytes);
+    }
+    size_t body_len = 0, total = req->head_len;
+    if (s->in_body) {
+        if (req->chunked) {
+            int rc =
+                http_chunked_decode(&s->chunk, (char *)buf + req->head_len, len - req->head_len);
+            if (rc == HTTP_PARSE_ERROR) {
+                fail(s, s->chunk.status, NULL);
+                return false;
+            }
+            if (rc == HTTP_PARSE_AGAIN)
+                goto need_body;
+            body_len = s->chunk.decoded;
+            total += s->chunk.raw;
+        } else {
+            if (len - req->head_len < req->content_length)
+                goto need_body;
+            body_len = (size_t)req->content_length;
+            total += body_len;
+        }
+    }
+    route(s, buf, req, buf + req->head_len, body_len);
+    rx_buffer_consume(in, total);
+    end_request(s);
+    return true;
+
+need_body:
+    if (req->expect_continue && !s->sent_continue) {
+        rx_buffer *out = rx_conn_output(s->conn);
+        rx_buffer_append(out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        srv->stats.by_class[1]++;
+        s->sent_continue = true;
+    }
+    set_timeout(s, TIMEOUT_IDLE, srv->cfg.idle_timeout_ms);
+keep:
+    if (!s->req) { /* the request spans reads: give it memory of its own */
+        s->req = req_borrow(srv);
+        if (!s->req) {
+            fail(s, 500, NULL);
+            return false;
+        }
+        memcpy(s->req, &srv->shared_req, sizeof(*s->req));
+    }
+    return false;
+}
+
+static void process(session *s, rx_buffer *in) {
+    while (rx_buffer_len(in) > 0) {
+        rx_conn_state st = rx_conn_get_state(s->conn);
+        if (st == RX_CONN_CLOSING || st == RX_CONN_CLOSED)
+            return;
+        if (rx_conn_queued(s->conn) > OUTPUT_LIMIT) {
+            s->paused = true;
+            rx_conn_pause_read(s->conn);
+            return;
+        }
+        if (!step(s, in))
+            return;
+    }
+    set_timeout(s, TIMEOUT_IDLE, s->srv->cfg.idle_timeout_ms);
+}
+
+static void on_open(rx_conn *c, void *arg) {
+    http_server *srv = arg;
+    session *s = calloc(1, sizeof(*s));
+    rx_conn_set_arg(c, s);
+    if (!s) {
+        rx_conn_abort(c);
+        return;
+    }
+    s->srv = srv;
+    s->conn = c;
+    end_request(s);
+    srv->stats.conns_open++;
+    srv->stats.conns_total++;
+    /* A new connection gets the header timeout for its first request. */
+    s->timeout = TIMEOUT_HEADER;
+    rx_conn_set_idle_timeout(c, srv->cfg.header_timeout_ms);
+}
+
+static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
+    session *s = arg;
+    (void)c;
+    process(s, in);
+    sync_stats(s);
+}
+
+static void on_low_water(rx_conn *c, size_t queued, void *arg) {
+    (void)queued;
+    session *s = arg;
+    if (!s->paused)
+        return;
+    s->paused = false;
+    rx_conn_resume_read(c); /* rx hands the requests still buffered to on_data */
+}
+
+static void on_timeout(rx_conn *c, void *arg) {
+    session *s = arg;
+    /* Part of a head arrived: say why we hang up. Nothing at all, or between requests: just go. */
+    if (!s->in_body && rx_buffer_len(rx_conn_input(c)) > 0) {
+        fail(s, 408, NULL);
+        rx_conn_flush(c);
+    } else {
+        rx_conn_close(c);
+    }
+}
+
+static void on_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
+    (void)reason;
+    (void)err;
+    (void)c;
+    session *s = arg;
+    if (!s) /* on_open could not allocate it */
+        return;
+    sync_stats(s);
+    s->srv->stats.conns_open--;
+    if (s->req)
+        req_return(s->srv, s->req);
+    free(s);
+}
+
+const rx_conn_callbacks http_session_callbacks = {
+    .on_open = on_open,
+    .on_data = on_data,
+    .on_low_water = on_low_water,
+    .on_timeout = on_timeout,
+    .on_close = on_close,
+};

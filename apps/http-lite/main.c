@@ -1,0 +1,230 @@
+/* rx-http: the HTTP-lite demo server. Options, the listening server, signals for a graceful stop
+ * and the access log. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "http_server.h"
+
+#ifndef RX_HTTP_DEFAULT_ROOT
+#define RX_HTTP_DEFAULT_ROOT "www"
+#endif
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: rx-http [options]\n"
+            "  --listen ADDR            127.0.0.1:PORT, [::1]:PORT or unix:/path "
+            "(default 127.0.0.1:8080)\n"
+            "  --root DIR               static files (default %s)\n"
+            "  --idle-timeout S         close a keep-alive connection idle this long "
+            "(default 30, 0: never)\n"
+            "  --header-timeout S       408 when a request head takes longer (default 10, 0: "
+            "never)\n"
+            "  --max-header-bytes N     431 beyond this request head size (default 8192)\n"
+            "  --max-body-bytes N       413 beyond this body size (default 1048576)\n"
+            "  --max-conns N            close connections beyond N at once (default: no limit)\n"
+            "  --access-log FILE|-      one line per request (default: none)\n"
+            "  --help\n",
+            RX_HTTP_DEFAULT_ROOT);
+}
+
+static int parse_num(const char *s, unsigned long long max, unsigned long long *out) {
+    char *end;
+    if (*s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Before each poll: hand the lines of this iteration to the kernel in one write. */
+static void flush_log(void *arg) {
+    http_server *srv = arg;
+    fflush(srv->log);
+}
+
+static void on_stopped(void *arg) {
+    http_server *srv = arg;
+    rx_loop_stop(srv->loop);
+}
+
+static void on_signal(rx_signal *sig, int signo, void *arg) {
+    (void)sig;
+    http_server *srv = arg;
+    fprintf(stderr, "rx-http: %s, stopping\n", strsignal(signo));
+    rx_server_stop(srv->server, 5000, on_stopped, srv);
+}
+
+/* Options into cfg. Returns 0, or the exit status for --help (0 after printing) or bad usage. */
+static int parse_args(int argc, char **argv, http_config *cfg, bool *help) {
+    static const struct option longopts[] = {
+        {"listen", required_argument, NULL, 'l'},
+        {"root", required_argument, NULL, 'r'},
+        {"idle-timeout", required_argument, NULL, 'i'},
+        {"header-timeout", required_argument, NULL, 't'},
+        {"max-header-bytes", required_argument, NULL, 'H'},
+        {"max-body-bytes", required_argument, NULL, 'B'},
+        {"max-conns", required_argument, NULL, 'm'},
+        {"access-log", required_argument, NULL, 'a'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    unsigned long long v;
+    while ((ch = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        const char *name = NULL;
+        switch (ch) {
+        case 'l':
+            cfg->listen = optarg;
+            continue;
+        case 'r':
+            cfg->root = optarg;
+            continue;
+        case 'a':
+            cfg->access_log = optarg;
+            continue;
+        case 'h':
+            *help = true;
+            return 0;
+        case 'i':
+            if (parse_num(optarg, 86400 * 365, &v) == 0) {
+                cfg->idle_timeout_ms = v * 1000;
+                continue;
+            }
+            name = "--idle-timeout";
+            break;
+        case 't':
+            if (parse_num(optarg, 86400 * 365, &v) == 0) {
+                cfg->header_timeout_ms = v * 1000;
+                continue;
+            }
+            name = "--header-timeout";
+            break;
+        case 'H':
+            if (parse_num(optarg, 1 << 24, &v) == 0 && v >= 64) {
+                cfg->max_header_bytes = (size_t)v;
+                continue;
+            }
+            name = "--max-header-bytes (64 .. 16777216)";
+            break;
+        case 'B':
+            if (parse_num(optarg, 1ull << 40, &v) == 0) {
+                cfg->max_body_bytes = v;
+                continue;
+            }
+            name = "--max-body-bytes";
+            break;
+        case 'm':
+            if (parse_num(optarg, 1ull << 32, &v) == 0 && v > 0) {
+                cfg->max_conns = (size_t)v;
+                continue;
+            }
+            name = "--max-conns";
+            break;
+        default:
+            usage(stderr);
+            return 2;
+        }
+        fprintf(stderr, "rx-http: bad value '%s' for %s\n", optarg, name);
+        return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "rx-http: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    rx_addr check;
+    if (rx_addr_parse(&check, cfg->listen) < 0) {
+        fprintf(stderr,
+                "rx-http: bad --listen address '%s' (want 127.0.0.1:PORT, [::1]:PORT or "
+                "unix:/path)\n",
+                cfg->listen);
+        return 2;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    static http_server srv; /* large (it holds a request struct): not on the stack */
+    srv.cfg = (http_config){
+        .listen = "127.0.0.1:8080",
+        .root = RX_HTTP_DEFAULT_ROOT,
+        .idle_timeout_ms = 30000,
+        .header_timeout_ms = 10000,
+        .max_header_bytes = 8192,
+        .max_body_bytes = 1024 * 1024,
+    };
+    bool help = false;
+    int rc = parse_args(argc, argv, &srv.cfg, &help);
+    if (help) {
+        usage(stdout);
+        return 0;
+    }
+    if (rc)
+        return rc;
+    srv.root_fd = open(srv.cfg.root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (srv.root_fd < 0) {
+        fprintf(stderr, "rx-http: --root %s: %s\n", srv.cfg.root, strerror(errno));
+        return 2;
+    }
+    if (srv.cfg.access_log) {
+        srv.log = strcmp(srv.cfg.access_log, "-") == 0 ? stdout : fopen(srv.cfg.access_log, "a");
+        if (!srv.log) {
+            fprintf(stderr, "rx-http: --access-log %s: %s\n", srv.cfg.access_log, strerror(errno));
+            return 2;
+        }
+        setvbuf(srv.log, NULL, _IOFBF, 64 * 1024);
+    }
+    srv.loop = rx_loop_new();
+    if (!srv.loop) {
+        fprintf(stderr, "rx-http: cannot create the loop: %s\n", strerror(errno));
+        return 1;
+    }
+    rx_server_opts opts = {
+        .listen = srv.cfg.listen,
+        .max_conns = srv.cfg.max_conns,
+        .conn = {.high_water = 1024 * 1024},
+        .cbs = &http_session_callbacks,
+        .arg = &srv,
+    };
+    srv.server = rx_server_new(srv.loop, &opts);
+    if (!srv.server) {
+        fprintf(stderr, "rx-http: cannot listen on %s: %s\n", srv.cfg.listen, strerror(errno));
+        rx_loop_free(srv.loop);
+        return 1;
+    }
+    if (!rx_signal_new(srv.loop, SIGINT, on_signal, &srv) ||
+        !rx_signal_new(srv.loop, SIGTERM, on_signal, &srv)) {
+        fprintf(stderr, "rx-http: cannot watch signals: %s\n", strerror(errno));
+        return 1;
+    }
+    if (srv.log && rx_loop_add_hook(srv.loop, flush_log, &srv) < 0) {
+        fprintf(stderr, "rx-http: out of memory\n");
+        return 1;
+    }
+    char where[RX_ADDR_STRLEN];
+    rx_addr_format(rx_server_addr(srv.server), where, sizeof(where));
+    printf("rx-http listening on http://%s/ (root %s)\n", where, srv.cfg.root);
+    fflush(stdout);
+
+    rc = rx_loop_run(srv.loop);
+    rx_server_free(srv.server);
+    rx_loop_free(srv.loop);
+    while (srv.req_pool) {
+        http_request *r = srv.req_pool;
+        srv.req_pool = *(http_request **)r;
+        free(r);
+    }
+    close(srv.root_fd);
+    if (srv.log && srv.log != stdout)
+        fclose(srv.log);
+    fprintf(stderr, "rx-http: %llu connections, %llu requests\n", srv.stats.conns_total,
+            srv.stats.requests);
+    return rc < 0 ? 1 : 0;
+}

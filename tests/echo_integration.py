@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Integration tests of rx-echo: the real binary on an ephemeral 127.0.0.1 port, driven by
+echo-load and plain sockets. Usage: echo_integration.py RX_ECHO_BINARY ECHO_LOAD_BINARY"""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+ECHO = None
+LOAD = None
+
+
+class Server:
+    def __init__(self, *flags):
+        self.proc = subprocess.Popen([ECHO, "--listen", "127.0.0.1:0", *flags],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r"127\.0\.0\.1:(\d+)", line)
+        if not m:
+            self.proc.kill()
+            raise RuntimeError("rx-echo did not start: %r" % line)
+        self.port = int(m.group(1))
+        self.addr = "127.0.0.1:%d" % self.port
+
+    def rss_kib(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        return self.proc.returncode, out, err
+
+
+class Echo(unittest.TestCase):
+    def test_echo_load_100_conns_zero_mismatches(self):
+        srv = Server()
+        try:
+            r = subprocess.run([LOAD, "--connect", srv.addr, "--conns", "100", "--size", "512",
+                                "--mode", "pingpong", "--duration", "3"],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            m = re.search(r"mismatch\w*[=: ]+(\d+)", r.stdout)
+            self.assertIsNotNone(m, r.stdout)
+            self.assertEqual(int(m.group(1)), 0)
+            msgs = re.search(r"messages[=: ]+(\d+)", r.stdout)
+            self.assertIsNotNone(msgs, r.stdout)
+            self.assertGreater(int(msgs.group(1)), 1000)
+        finally:
+            rc, out, _ = srv.stop()
+        self.assertEqual(rc, 0)
+        self.assertRegex(out, r"\d+ connections, \d+ bytes in, \d+ bytes out")
+
+    def test_stream_mode_large_messages(self):
+        srv = Server()
+        try:
+            r = subprocess.run([LOAD, "--connect", srv.addr, "--conns", "8", "--size", "65536",
+                                "--mode", "stream", "--messages", "200"],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        finally:
+            srv.stop()
+
+    def test_half_close_gets_everything_back_then_eof(self):
+        srv = Server()
+        try:
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            data = os.urandom(3 * 1024 * 1024)
+            got = bytearray()
+
+            def reader():
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        return
+                    got.extend(b)
+
+            t = threading.Thread(target=reader)
+            t.start()
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            t.join(20)
+            self.assertFalse(t.is_alive(), "no EOF after the echo")
+            self.assertEqual(bytes(got), data)
+            s.close()
+        finally:
+            srv.stop()
+
+    def test_client_that_never_reads_is_bounded(self):
+        srv = Server()
+        try:
+            before = srv.rss_kib()
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            s.settimeout(0.5)
+            chunk = b"x" * 65536
+            sent = 0
+            t0 = time.monotonic()
+            try:
+                while time.monotonic() - t0 < 5 and sent < 256 * 1024 * 1024:
+                    sent += s.send(chunk)
+            except socket.timeout:
+                pass
+            grown = srv.rss_kib() - before
+            # The server paused reading once its queue passed the high-water mark (1 MiB), so
+            # neither the bytes we could push nor its memory grew without bound.
+            self.assertLess(sent, 32 * 1024 * 1024, "server kept reading")
+            self.assertLess(grown, 8 * 1024, "server RSS grew by %d KiB" % grown)
+            # Another client is still served meanwhile.
+            c = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            c.sendall(b"ping")
+            self.assertEqual(c.recv(4), b"ping")
+            c.close()
+            s.close()
+        finally:
+            srv.stop()
+
+    def test_sigint_stops_gracefully(self):
+        srv = Server()
+        c = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        c.sendall(b"hello")
+        self.assertEqual(c.recv(5), b"hello")
+        c.close()
+        time.sleep(0.1)
+        rc, out, err = srv.stop(signal.SIGINT)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("1 connections, 5 bytes in, 5 bytes out", out)
+
+    def test_bad_flags_exit_2(self):
+        for args in (["--bogus"], ["--listen", "nowhere"], ["--max-conns", "-1"],
+                     ["--idle-timeout", "x"]):
+            r = subprocess.run([ECHO, *args], capture_output=True, text=True, timeout=10)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertTrue(r.stderr.strip(), args)
+
+    def test_idle_timeout_closes_idle_client(self):
+        srv = Server("--idle-timeout", "1")
+        try:
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            t0 = time.monotonic()
+            self.assertEqual(s.recv(1), b"")
+            self.assertGreaterEqual(time.monotonic() - t0, 0.9)
+            s.close()
+        finally:
+            srv.stop()
+
+
+def main():
+    global ECHO, LOAD
+    ECHO, LOAD = sys.argv[1], sys.argv[2]
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(Echo)
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    return 0 if result.wasSuccessful() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,450 @@
+#!/usr/bin/env python3
+"""Integration tests of rx-http: the real binary on an ephemeral 127.0.0.1 port, driven by
+curl, http.client and raw sockets. Usage: http_integration.py RX_HTTP_BINARY WWW_DIR"""
+import http.client
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+BINARY = None
+WWW = None
+
+
+class Server:
+    """rx-http on 127.0.0.1:0 with extra flags; stopped with SIGTERM by PID."""
+
+    def __init__(self, *flags, root=None):
+        self.proc = subprocess.Popen(
+            [BINARY, "--listen", "127.0.0.1:0", "--root", root or WWW, *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        m = re.search(r"127\.0\.0\.1:(\d+)", line)
+        if not m:
+            self.proc.kill()
+            raise RuntimeError("rx-http did not start: %r %r" % (line, self.proc.stderr.read()))
+        self.port = int(m.group(1))
+
+    def rss_kib(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            rc = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return rc
+
+    def sock(self, timeout=5):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return s
+
+
+def read_response(s, buf=b""):
+    """Reads one response (head + Content-Length body) from s; returns (status, headers, body,
+    rest). headers keys are lower case."""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed before a complete head: %r" % buf)
+        buf += chunk
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    n = int(headers.get("content-length", "0"))
+    while len(buf) < n:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed inside a body")
+        buf += chunk
+    return status, headers, buf[:n], buf[n:]
+
+
+def recv_until_closed(s, limit_s=5):
+    s.settimeout(limit_s)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+class HttpLite(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server()
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.srv.stop() == 0
+
+    def conn(self):
+        return http.client.HTTPConnection("127.0.0.1", self.srv.port, timeout=5)
+
+    def test_plaintext_and_headers(self):
+        c = self.conn()
+        c.request("GET", "/plaintext")
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.read(), b"Hello, World!")
+        self.assertEqual(r.getheader("Content-Type"), "text/plain")
+        self.assertEqual(r.getheader("Content-Length"), "13")
+        self.assertEqual(r.getheader("Server"), "rx")
+        self.assertRegex(r.getheader("Date"), r"^\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT$")
+
+    def test_json(self):
+        c = self.conn()
+        c.request("GET", "/json")
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("Content-Type"), "application/json")
+        self.assertEqual(r.read(), b'{"message":"Hello, World!"}')
+
+    def test_keep_alive_reuses_one_connection(self):
+        s = self.srv.sock()
+        port = s.getsockname()[1]
+        rest = b""
+        for _ in range(5):
+            s.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, _, body, rest = read_response(s, rest)
+            self.assertEqual((status, body), (200, b"Hello, World!"))
+        self.assertEqual(s.getsockname()[1], port)
+        s.close()
+
+    def test_pipelining_16_in_order(self):
+        s = self.srv.sock()
+        paths = ["/plaintext", "/json"] * 8
+        s.sendall(b"".join(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % p.encode() for p in paths))
+        rest = b""
+        for p in paths:
+            status, _, body, rest = read_response(s, rest)
+            self.assertEqual(status, 200)
+            self.assertEqual(body, b"Hello, World!" if p == "/plaintext" else
+                             b'{"message":"Hello, World!"}')
+        self.assertEqual(rest, b"")
+        s.close()
+
+    def test_http10_closes_unless_keep_alive(self):
+        s = self.srv.sock()
+        s.sendall(b"GET /plaintext HTTP/1.0\r\n\r\n")
+        data = recv_until_closed(s)
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(data.endswith(b"Hello, World!"))
+        self.assertIn(b"Connection: close", data)
+        s.close()
+        s = self.srv.sock()
+        s.sendall(b"GET /plaintext HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, headers, body, rest = read_response(s)
+        self.assertEqual((status, headers.get("connection")), (200, "keep-alive"))
+        s.sendall(b"GET /json HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        status, _, body, _ = read_response(s, rest)
+        self.assertEqual(body, b'{"message":"Hello, World!"}')
+        s.close()
+
+    def test_connection_close_honoured(self):
+        s = self.srv.sock()
+        s.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                  b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = recv_until_closed(s)
+        self.assertEqual(data.count(b"HTTP/1.1 "), 1)
+        s.close()
+
+    def test_head_has_headers_no_body(self):
+        s = self.srv.sock()
+        s.sendall(b"HEAD /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+                  b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+        buf = b""
+        while buf.count(b"Hello, World!") < 1:
+            buf += s.recv(65536)
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        size = os.path.getsize(os.path.join(WWW, "hello.txt"))
+        self.assertIn(b"Content-Length: %d" % size, head)
+        self.assertIn(b"Last-Modified: ", head)
+        self.assertTrue(rest.startswith(b"HTTP/1.1 200 OK"), rest)
+        s.close()
+
+    def test_static_bytes_identical_with_curl(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "got")
+            rc = subprocess.run(["curl", "-sf", "-o", out,
+                                 "http://127.0.0.1:%d/index.html" % self.srv.port], timeout=10)
+            self.assertEqual(rc.returncode, 0)
+            with open(out, "rb") as a, open(os.path.join(WWW, "index.html"), "rb") as b:
+                self.assertEqual(a.read(), b.read())
+        c = self.conn()
+        c.request("GET", "/")
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("Content-Type"), "text/html; charset=utf-8")
+        with open(os.path.join(WWW, "index.html"), "rb") as f:
+            self.assertEqual(r.read(), f.read())
+
+    def test_if_modified_since_304(self):
+        c = self.conn()
+        c.request("GET", "/hello.txt")
+        r = c.getresponse()
+        r.read()
+        lm = r.getheader("Last-Modified")
+        c.request("GET", "/hello.txt", headers={"If-Modified-Since": lm})
+        r = c.getresponse()
+        self.assertEqual(r.status, 304)
+        self.assertEqual(r.read(), b"")
+        c.request("GET", "/hello.txt", headers={"If-Modified-Since":
+                                                "Mon, 01 Jan 1990 00:00:00 GMT"})
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        r.read()
+
+    def test_traversal_denied(self):
+        for target in [b"/../../etc/passwd", b"/%2e%2e/%2e%2e/etc/passwd", b"/a/../../etc/passwd",
+                       b"/%2E%2E%2Fetc%2Fpasswd", b"/./hello.txt"]:
+            s = self.srv.sock()
+            s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, _, body, _ = read_response(s)
+            self.assertIn(status, (400, 403, 404), target)
+            self.assertNotIn(b"root:", body)
+            s.close()
+
+    def test_symlink_out_of_root_denied(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = os.path.join(tmp, "root")
+            os.mkdir(root)
+            secret = os.path.join(tmp, "secret.txt")
+            with open(secret, "w") as f:
+                f.write("top secret")
+            os.symlink(secret, os.path.join(root, "leak.txt"))
+            os.symlink(tmp, os.path.join(root, "up"))
+            with open(os.path.join(root, "ok.txt"), "w") as f:
+                f.write("fine")
+            srv = Server(root=root)
+            try:
+                for path, want in [("/leak.txt", (403, 404)), ("/up/secret.txt", (403, 404)),
+                                   ("/ok.txt", (200,))]:
+                    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+                    c.request("GET", path)
+                    r = c.getresponse()
+                    body = r.read()
+                    self.assertIn(r.status, want, path)
+                    self.assertNotIn(b"top secret", body)
+            finally:
+                self.assertEqual(srv.stop(), 0)
+
+    def test_not_found_and_405_with_allow(self):
+        c = self.conn()
+        c.request("GET", "/no/such/file")
+        r = c.getresponse()
+        self.assertEqual(r.status, 404)
+        r.read()
+        c.request("POST", "/plaintext", body=b"x")
+        r = c.getresponse()
+        self.assertEqual(r.status, 405)
+        self.assertEqual(r.getheader("Allow"), "GET, HEAD")
+        r.read()
+        c.request("GET", "/echo")
+        r = c.getresponse()
+        self.assertEqual((r.status, r.getheader("Allow")), (405, "POST"))
+        r.read()
+
+    def test_one_byte_at_a_time(self):
+        s = self.srv.sock()
+        for b in b"GET /plaintext HTTP/1.1\r\nHost: slow\r\nX-Pad: abcdefgh\r\n\r\n":
+            s.sendall(bytes([b]))
+            time.sleep(0.001)
+        status, _, body, _ = read_response(s)
+        self.assertEqual((status, body), (200, b"Hello, World!"))
+        s.close()
+
+    def test_431_on_64k_header(self):
+        s = self.srv.sock()
+        try:
+            s.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 65536 +
+                      b"\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before we finish sending
+        status, headers, _, _ = read_response(s)
+        self.assertEqual(status, 431)
+        self.assertEqual(headers.get("connection"), "close")
+        s.close()
+
+    def test_413_body_too_large(self):
+        srv = Server("--max-body-bytes", "1000")
+        try:
+            s = srv.sock()
+            s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n")
+            status, _, _, _ = read_response(s)
+            self.assertEqual(status, 413)
+            s.close()
+            s = srv.sock()
+            body = b"5\r\nhello\r\n" * 300 + b"0\r\n\r\n"
+            try:
+                s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          + body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            status, _, _, _ = read_response(s)
+            self.assertEqual(status, 413)
+            s.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_408_after_header_timeout(self):
+        srv = Server("--header-timeout", "1")
+        try:
+            s = srv.sock()
+            t0 = time.monotonic()
+            s.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n")
+            data = recv_until_closed(s, limit_s=5)
+            elapsed = time.monotonic() - t0
+            self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data)
+            self.assertGreaterEqual(elapsed, 0.9)
+            self.assertLess(elapsed, 3.0)
+            # Meanwhile, and afterwards, other clients are served.
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+            c.request("GET", "/plaintext")
+            self.assertEqual(c.getresponse().status, 200)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_slowloris_trickle_still_times_out(self):
+        srv = Server("--header-timeout", "1")
+        try:
+            s = srv.sock()
+            t0 = time.monotonic()
+            closed = False
+            for b in b"GET /plaintext HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+                try:
+                    s.sendall(bytes([b]))
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+                s.settimeout(0.1)
+                try:
+                    if s.recv(65536).startswith(b"HTTP/1.1 408"):
+                        closed = True
+                        break
+                except socket.timeout:
+                    pass
+                if time.monotonic() - t0 > 4:
+                    break
+            self.assertTrue(closed, "a trickling client was not cut off")
+            self.assertLess(time.monotonic() - t0, 3.0)
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+    def test_chunked_post_echo(self):
+        s = self.srv.sock()
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+                  b"Content-Type: text/x-test\r\n\r\n"
+                  b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nTrailer: x\r\n\r\n")
+        status, headers, body, _ = read_response(s)
+        self.assertEqual((status, body), (200, b"hello, world"))
+        self.assertEqual(headers.get("content-type"), "text/x-test")
+        s.close()
+        rc = subprocess.run(["curl", "-sf", "-H", "Transfer-Encoding: chunked", "--data-binary",
+                             "@-", "http://127.0.0.1:%d/echo" % self.srv.port],
+                            input=b"x" * 100000, capture_output=True, timeout=10)
+        self.assertEqual(rc.stdout, b"x" * 100000)
+
+    def test_expect_100_continue(self):
+        s = self.srv.sock()
+        s.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        status, _, _, rest = read_response(s)
+        self.assertEqual(status, 100)
+        s.sendall(b"ping")
+        status, _, body, _ = read_response(s, rest)
+        self.assertEqual((status, body), (200, b"ping"))
+        s.close()
+        s = self.srv.sock()
+        s.sendall(b"POST /plaintext HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        status, _, _, _ = read_response(s)
+        self.assertEqual(status, 405)
+        s.close()
+
+    def test_bad_requests_get_complete_errors(self):
+        cases = [
+            (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+            (b"BREW / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
+            (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n", 400),
+            (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
+            (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+        ]
+        for req, want in cases:
+            s = self.srv.sock()
+            s.sendall(req)
+            status, headers, body, _ = read_response(s)
+            self.assertEqual(status, want, req[:40])
+            self.assertEqual(len(body), int(headers["content-length"]))
+            s.close()
+
+    def test_pipelining_client_that_does_not_read_is_paused(self):
+        before = self.srv.rss_kib()
+        s = self.srv.sock()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        req = b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n" * 200
+        s.settimeout(0.2)
+        sent = 0
+        t0 = time.monotonic()
+        try:
+            while time.monotonic() - t0 < 3:
+                sent += s.send(req)
+        except (socket.timeout, BlockingIOError):
+            pass
+        # The server stopped reading: we could not push more than a bounded amount, and its
+        # memory did not grow with what we pushed.
+        self.assertLess(sent, 16 * 1024 * 1024)
+        self.assertLess(self.srv.rss_kib() - before, 8 * 1024)
+        # Other clients are still served.
+        c = self.conn()
+        c.request("GET", "/plaintext")
+        self.assertEqual(c.getresponse().status, 200)
+        s.close()
+
+    def test_stats_counts(self):
+        c = self.conn()
+        c.request("GET", "/stats")
+        r = c.getresponse()
+        import json
+        st = json.loads(r.read())
+        self.assertGreaterEqual(st["requests"], 1)
+        self.assertGreaterEqual(st["connections_open"], 1)
+        self.assertIn("2xx", st["responses"])
+
+
+def main():
+    global BINARY, WWW
+    BINARY, WWW = sys.argv[1], sys.argv[2]
+    if not shutil.which("curl"):
+        print("curl not found; install it (apt-get install curl)", file=sys.stderr)
+        return 1
+    suite = unittest.defaultTestLoader.loadTestsFromTestCase(HttpLite)
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    return 0 if result.wasSuccessful() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
