@@ -45,7 +45,8 @@ check_demo() {
 check_echo() {
     local what=$1
     shift
-    local out="$tmp/echo.out" pid port reply
+    local out pid port reply
+    out=$(mktemp "$tmp/echo.XXXXXX") # fresh per run: never read an earlier run's port
     "$@" 127.0.0.1:0 >"$out" 2>&1 &
     pid=$!
     for _ in $(seq 50); do
