@@ -11,6 +11,9 @@ import threading
 import time
 import unittest
 
+# A sanitizer build keeps freed memory in quarantine, so RSS bounds are looser there.
+RSS_SLACK_KIB = 64 * 1024 if os.environ.get("RX_SANITIZED") == "1" else 8 * 1024
+
 ECHO = None
 LOAD = None
 
@@ -117,7 +120,7 @@ class Echo(unittest.TestCase):
             # The server paused reading once its queue passed the high-water mark (1 MiB), so
             # neither the bytes we could push nor its memory grew without bound.
             self.assertLess(sent, 32 * 1024 * 1024, "server kept reading")
-            self.assertLess(grown, 8 * 1024, "server RSS grew by %d KiB" % grown)
+            self.assertLess(grown, RSS_SLACK_KIB, "server RSS grew by %d KiB" % grown)
             # Another client is still served meanwhile.
             c = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
             c.sendall(b"ping")
