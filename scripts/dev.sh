@@ -14,7 +14,8 @@ cd "$root"
 
 # Debian packages: build tools, libcheck, curl and python3 for integration tests, libevent for
 # the bench peer, valgrind for the valgrind pass. libc6-dev is only a Recommends of gcc.
-deps_packages=(meson ninja-build pkg-config check gcc libc6-dev python3 curl libevent-dev valgrind)
+deps_packages=(meson ninja-build pkg-config check gcc libc6-dev python3 curl libevent-dev valgrind
+    clang)
 
 usage() {
     sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
@@ -238,6 +239,9 @@ cmd_test() {
     else
         echo "[valgrind] skipped: the plain build failed" >&2
     fi
+    # The HTTP parser under libFuzzer (clang): the seed corpus, then a 60 s campaign.
+    CC=clang build_pass fuzz build-ci-fuzz --werror -Dbuildtype=debugoptimized -Dfuzz=true \
+        -Dtests=false -Dbench=false -Dfuzz_seconds=60 || true
     summarize
 }
 

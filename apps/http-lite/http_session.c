@@ -237,6 +237,12 @@ static bool step(session *s, rx_buffer *in) {
                 fail(s, s->chunk.status, NULL);
                 return false;
             }
+            /* Chunk sizes are checked against the limit, but extensions and trailers are not
+             * payload: cap what we buffer for them too. */
+            if (rc == HTTP_PARSE_AGAIN && len - req->head_len > srv->cfg.max_body_bytes + 65536) {
+                fail(s, 413, NULL);
+                return false;
+            }
             if (rc == HTTP_PARSE_AGAIN)
                 goto need_body;
             body_len = s->chunk.decoded;
