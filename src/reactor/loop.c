@@ -23,6 +23,7 @@ rx_loop *rx_loop_new(void) {
         return NULL;
     }
     atomic_init(&loop->stop, false);
+    atomic_init(&loop->wake_pending, false);
     rx_loop_update_time(loop);
     int rc = rx_post_init(loop);
     if (rc < 0) {
@@ -152,9 +153,12 @@ int rx_loop_run_once(rx_loop *loop, int timeout_ms) {
     if (loop->running)
         return -EBUSY;
     loop->running = true;
-    /* Fresh time for the timeout, so time spent since the last poll does not delay timers. */
-    rx_loop_update_time(loop);
-    run_hooks(loop);
+    /* Fresh time for the timeout, so time spent since the last poll does not delay timers; a
+     * clock read is a third of an empty iteration, so only when a timer can be delayed. */
+    if (timeout_ms != 0 && loop->ntimers > 0)
+        rx_loop_update_time(loop);
+    if (loop->nhooks > 0)
+        run_hooks(loop);
 
     int timeout = rx_timer_next_timeout(loop);
     if (timeout_ms >= 0 && (timeout < 0 || timeout > timeout_ms))
@@ -163,23 +167,26 @@ int rx_loop_run_once(rx_loop *loop, int timeout_ms) {
         timeout = 0;
 
     int n = epoll_wait(loop->epfd, loop->evbuf, RX_MAX_EVENTS, timeout);
-    int err = errno;
-    rx_loop_update_time(loop);
-    loop->iterations++;
-    /* Timers started from here on wait for the next iteration, even when due now. */
-    loop->timer_seq_limit = loop->timer_seq;
     if (n < 0) {
+        int err = errno;
         n = 0;
         if (err != EINTR) {
             loop->running = false;
             return -err;
         }
     }
+    rx_loop_update_time(loop);
+    loop->iterations++;
+    /* Timers started from here on wait for the next iteration, even when due now. */
+    loop->timer_seq_limit = loop->timer_seq;
     n = dispatch(loop, n);
-    rx_timer_run_due(loop);
+    if (loop->ntimers > 0)
+        rx_timer_run_due(loop);
     rx_post_run(loop);
-    rx_channel_reap(loop);
-    rx_timer_reap(loop);
+    if (loop->graveyard)
+        rx_channel_reap(loop);
+    if (loop->dead_timers)
+        rx_timer_reap(loop);
     loop->running = false;
     return n;
 }

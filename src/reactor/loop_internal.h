@@ -89,7 +89,9 @@ struct rx_loop {
     /* Posted tasks: a locked FIFO plus an eventfd to wake epoll_wait. */
     pthread_mutex_t post_lock;
     struct rx_task *post_head, *post_tail;
-    bool wake_pending; /* eventfd already written and not yet drained (under post_lock) */
+    /* The eventfd was written and the queue not yet taken. Written under post_lock; read without
+     * it by rx_post_run, which alone clears it (with the queue), so false means nothing queued. */
+    atomic_bool wake_pending;
     int wakefd;
     rx_channel *wake_channel;
 

@@ -43,8 +43,7 @@ static void write_wake(rx_loop *loop) {
 
 void rx_post_wake(rx_loop *loop) {
     pthread_mutex_lock(&loop->post_lock);
-    bool need = !loop->wake_pending;
-    loop->wake_pending = true;
+    bool need = !atomic_exchange(&loop->wake_pending, true);
     pthread_mutex_unlock(&loop->post_lock);
     if (need)
         write_wake(loop);
@@ -65,8 +64,7 @@ int rx_loop_post(rx_loop *loop, rx_task_fn fn, void *arg) {
     else
         loop->post_head = task;
     loop->post_tail = task;
-    bool need = !loop->wake_pending;
-    loop->wake_pending = true;
+    bool need = !atomic_exchange(&loop->wake_pending, true);
     pthread_mutex_unlock(&loop->post_lock);
     if (need)
         write_wake(loop);
@@ -74,12 +72,16 @@ int rx_loop_post(rx_loop *loop, rx_task_fn fn, void *arg) {
 }
 
 void rx_post_run(rx_loop *loop) {
+    /* Most iterations have nothing posted: no lock then. A post racing past this check finds the
+     * flag set and the next poll returns at once for it. */
+    if (!atomic_load_explicit(&loop->wake_pending, memory_order_acquire))
+        return;
     /* Take the whole queue at once: tasks posted while these run go to a fresh queue and wait
      * for the next pass, so a task that re-posts itself cannot starve the loop. */
     pthread_mutex_lock(&loop->post_lock);
     struct rx_task *task = loop->post_head;
     loop->post_head = loop->post_tail = NULL;
-    loop->wake_pending = false;
+    atomic_store(&loop->wake_pending, false);
     pthread_mutex_unlock(&loop->post_lock);
     while (task) {
         struct rx_task *next = task->next;
