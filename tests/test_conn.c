@@ -477,12 +477,15 @@ START_TEST(test_64mib_both_ways) {
         .on_low_water = bulk_c_low,
         .on_close = bulk_c_close,
     };
-    rx_server_opts so = {.listen = "127.0.0.1:0", .cbs = &scbs};
+    /* _i: the technique switches of rx_conn_opts, each must move the same bytes. */
+    rx_conn_opts copts = {
+        .edge_triggered = _i == 1, .own_buffers = _i == 2, .always_queue = _i == 3};
+    rx_server_opts so = {.listen = "127.0.0.1:0", .cbs = &scbs, .conn = copts};
     rx_server *s = rx_server_new(loop, &so);
     ck_assert_ptr_nonnull(s);
     char addr[64];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", rx_addr_port(rx_server_addr(s)));
-    rx_connect_opts co = {.addr = addr, .timeout_ms = 2000, .cbs = &ccbs};
+    rx_connect_opts co = {.addr = addr, .timeout_ms = 2000, .cbs = &ccbs, .conn = copts};
     rx_conn *c = rx_connect(loop, &co);
     ck_assert_ptr_nonnull(c);
     unsigned long long t0 = tu_now_ms();
@@ -1976,7 +1979,7 @@ static Suite *conn_suite(void) {
     TCase *bulk = tcase_create("bulk");
     tcase_set_timeout(bulk, 100);
     tcase_add_checked_fixture(bulk, NULL, teardown);
-    tcase_add_test(bulk, test_64mib_both_ways);
+    tcase_add_loop_test(bulk, test_64mib_both_ways, 0, 4);
     suite_add_tcase(s, bulk);
     return s;
 }

@@ -41,11 +41,13 @@ typedef struct rx_conn_callbacks {
     void (*on_open)(rx_conn *c, void *arg);
     /* New bytes are in `in`. Consume what you parsed (rx_buffer_consume); the rest stays for the
      * next call. Do not keep pointers into `in` past this call; do not append to it. Output
-     * appended to rx_conn_output() during the call goes out in one write when it returns. */
+     * appended to rx_conn_output() during the call goes out in one write when it returns
+     * (rx_conn_send writes at once when nothing is queued ahead). */
     void (*on_data)(rx_conn *c, rx_buffer *in, void *arg);
     /* Output that had to wait for the socket has all been written. */
     void (*on_drain)(rx_conn *c, void *arg);
-    /* Queued output rose above the high-water mark / fell back below the low-water mark. */
+    /* Queued output rose above the high-water mark (may run inside rx_conn_send) / fell back to
+     * the low-water mark (never inside a call of yours: on the next iteration if need be). */
     void (*on_high_water)(rx_conn *c, size_t queued, void *arg);
     void (*on_low_water)(rx_conn *c, size_t queued, void *arg);
     /* The peer shut its write side. When set, the connection stays open for writing and the
@@ -67,6 +69,12 @@ typedef struct rx_conn_opts {
     uint64_t idle_timeout_ms; /* 0: none */
     bool nagle;               /* leave Nagle's algorithm on (TCP_NODELAY is set by default) */
     bool keepalive;           /* SO_KEEPALIVE */
+    /* Switches that turn a technique off, to measure what it is worth (docs/c10k.md): */
+    bool edge_triggered; /* EPOLLET, reading until EAGAIN, instead of level-triggered */
+    bool own_buffers;    /* 4 KiB input and output buffers per connection, never released,
+                            instead of the loop's shared scratch buffer and lazy output */
+    bool always_queue;   /* queue every send and write it when EPOLLOUT says so, instead of
+                            writing at once */
 } rx_conn_opts;
 
 /* Wraps a connected non-blocking socket, which the connection then owns (also on failure).

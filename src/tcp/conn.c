@@ -20,8 +20,6 @@
 static void on_event(rx_channel *ch, uint32_t ready, void *arg);
 static void on_idle(rx_timer *t, void *arg);
 
-size_t rx_conn_queued(const rx_conn *c) { return rx_buffer_len(&c->out) + c->file_bytes; }
-
 static bool closing_or_closed(const rx_conn *c) {
     return c->state == RX_CONN_CLOSING || c->state == RX_CONN_CLOSED;
 }
@@ -47,15 +45,6 @@ static void update_interest(rx_conn *c) {
         rx_conn_close_now(c, RX_CLOSE_ERROR, rc);
 }
 
-static void release_file_segs(rx_conn *c) {
-    for (size_t i = 0; i < c->nsegs; i++)
-        close(c->segs[(c->seg_head + i) % c->segs_cap].fd);
-    rx_sys.free(c->segs);
-    c->segs = NULL;
-    c->nsegs = c->segs_cap = c->seg_head = 0;
-    c->seg_before = c->file_bytes = 0;
-}
-
 /* The channel destructor: the end of the iteration in which the connection closed, or
  * rx_loop_free. */
 static void finalize(void *arg) {
@@ -74,7 +63,7 @@ static void finalize(void *arg) {
     rx_timer_free(c->kick);
     rx_buffer_free(&c->in);
     rx_buffer_free(&c->out);
-    release_file_segs(c);
+    rx_conn_release_files(c);
     rx_sys.free(c);
 }
 
@@ -127,55 +116,39 @@ static void set_high(rx_conn *c) {
     }
 }
 
-/* Sends buffered bytes up to the next file range, then that range, and so on. Returns 0 when the
- * queue is empty or the socket is full, or a negative errno. */
-static int write_queue(rx_conn *c) {
-    while (rx_conn_queued(c) > 0) {
-        struct rx_file_seg *seg = c->nsegs ? &c->segs[c->seg_head] : NULL;
-        ssize_t n;
-        if (seg && seg->before == 0) {
-            size_t chunk = seg->len > (size_t)INT_MAX ? (size_t)INT_MAX : seg->len;
-            n = rx_sys.sendfile(c->fd, seg->fd, &seg->offset, chunk);
-            if (n == 0)
-                return -EIO; /* the file shrank under us: the promised bytes cannot come */
-            if (n > 0) {
-                seg->len -= (size_t)n;
-                c->file_bytes -= (size_t)n;
-                if (seg->len == 0) {
-                    close(seg->fd);
-                    c->seg_head = (c->seg_head + 1) % c->segs_cap;
-                    c->nsegs--;
-                }
-            }
-        } else {
-            size_t limit = seg ? seg->before : rx_buffer_len(&c->out);
-            n = rx_sys.send(c->fd, rx_buffer_peek(&c->out), limit, MSG_NOSIGNAL);
-            if (n > 0) {
-                rx_buffer_consume(&c->out, (size_t)n);
-                if (seg) {
-                    seg->before -= (size_t)n;
-                    c->seg_before -= (size_t)n;
-                }
-            }
-        }
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return errno == EAGAIN ? 0 : -errno;
-        }
-        c->bytes_out += (size_t)n;
-    }
-    return 0;
+static void on_kick(rx_timer *t, void *arg);
+
+/* Runs on_kick on the next iteration: for callbacks owed where they could not run (inside a call
+ * of the owner's) and for input left buffered by a pause. */
+static void arm_kick(rx_conn *c) {
+    if ((!c->kick && !(c->kick = rx_timer_new(c->loop, on_kick, c))) ||
+        rx_timer_start(c->kick, 0, 0) < 0)
+        rx_conn_close_now(c, RX_CLOSE_ERROR, -ENOMEM);
 }
 
-/* Writes what is queued and settles interest, half-close and a pending close. `evented` is true
- * when called because the socket became writable: only then are on_drain and on_low_water owed,
- * so no user callback runs from inside rx_conn_send. */
-static int flush(rx_conn *c, bool evented) {
+/* on_low_water and on_drain, when owed; a closing connection owes its owner only on_close. */
+static void notify(rx_conn *c) {
+    if (c->owe_low && !closing_or_closed(c)) {
+        c->owe_low = false;
+        if (c->cbs->on_low_water)
+            c->cbs->on_low_water(c, rx_conn_queued(c), c->arg);
+    }
+    if (c->owe_drain && !closing_or_closed(c)) {
+        c->owe_drain = false;
+        if (c->cbs->on_drain)
+            c->cbs->on_drain(c, c->arg);
+    }
+    c->owe_low = c->owe_drain = false;
+}
+
+/* Writes what is queued and settles interest, half-close and a pending close. Callbacks owed
+ * (low water, drain) run here when `may_notify`, else on the next iteration: never from inside a
+ * call of the owner's such as rx_conn_flush. */
+static int flush(rx_conn *c, bool may_notify) {
     if (c->state == RX_CONN_CONNECTING || c->state == RX_CONN_CLOSED)
         return 0;
     size_t before = rx_conn_queued(c);
-    int rc = write_queue(c);
+    int rc = rx_conn_write_queue(c);
     if (rc < 0) {
         rx_conn_close_now(c, reason_for(rc), rc);
         return rc;
@@ -184,7 +157,8 @@ static int flush(rx_conn *c, bool evented) {
     if (queued < before)
         touch(c);
     if (queued == 0) {
-        rx_buffer_release_if_empty(&c->out);
+        if (!c->own_buffers)
+            rx_buffer_release_if_empty(&c->out);
         if (c->shut_pending && !c->write_shut) {
             shutdown(c->fd, SHUT_WR);
             c->write_shut = true;
@@ -198,16 +172,19 @@ static int flush(rx_conn *c, bool evented) {
     c->waiting_write = queued > 0;
     if (c->waiting_write != was_waiting)
         update_interest(c);
-    /* A closing connection owes its owner nothing but on_close. */
-    bool notify = evented && !closing_or_closed(c);
     if (c->above_high && queued <= c->low_water) {
         c->above_high = false;
-        if (notify && c->cbs->on_low_water)
-            c->cbs->on_low_water(c, queued, c->arg);
+        c->owe_low = true;
     }
+    if (queued == 0 && was_waiting)
+        c->owe_drain = true;
     set_high(c);
-    if (notify && queued == 0 && was_waiting && !closing_or_closed(c) && c->cbs->on_drain)
-        c->cbs->on_drain(c, c->arg);
+    if (c->owe_low || c->owe_drain) {
+        if (may_notify)
+            notify(c);
+        else
+            arm_kick(c);
+    }
     return 0;
 }
 
@@ -216,12 +193,12 @@ int rx_conn_flush(rx_conn *c) { return flush(c, false); }
 rx_buffer *rx_conn_output(rx_conn *c) { return &c->out; }
 rx_buffer *rx_conn_input(rx_conn *c) { return &c->in; }
 
-static bool can_write(const rx_conn *c) {
+bool rx_conn_can_write(const rx_conn *c) {
     return !closing_or_closed(c) && !c->write_shut && !c->shut_pending;
 }
 
 int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt) {
-    if (!can_write(c))
+    if (!rx_conn_can_write(c))
         return -EPIPE;
     if (iovcnt < 0 || iovcnt > IOV_MAX)
         return -EINVAL;
@@ -232,8 +209,11 @@ int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt) {
         total += iov[i].iov_len;
     }
     size_t written = 0;
-    /* Send now only when nothing is queued ahead and the caller is not batching in on_data. */
-    if (c->state != RX_CONN_CONNECTING && rx_conn_queued(c) == 0 && !c->in_data && total > 0) {
+    /* Send now when nothing is queued ahead (output appended with rx_conn_output counts): the
+     * bytes go straight from the caller's memory, usually without ever being copied. */
+    bool tried = false;
+    if (c->state != RX_CONN_CONNECTING && rx_conn_queued(c) == 0 && total > 0 && !c->always_queue) {
+        tried = true;
         struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
         ssize_t n;
         do
@@ -269,7 +249,9 @@ int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt) {
         rx_buffer_append(&c->out, (const char *)iov[i].iov_base + skip, len - skip);
         skip = 0;
     }
-    if (!c->in_data && c->state != RX_CONN_CONNECTING && !c->waiting_write) {
+    /* The socket is full (or we queue on purpose): wait for EPOLLOUT. Bytes queued behind
+     * output an on_data is building are written when it returns. */
+    if ((tried || !c->in_data) && c->state != RX_CONN_CONNECTING && !c->waiting_write) {
         c->waiting_write = true;
         update_interest(c);
     }
@@ -280,40 +262,6 @@ int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt) {
 int rx_conn_send(rx_conn *c, const void *data, size_t n) {
     struct iovec iov = {.iov_base = (void *)data, .iov_len = n};
     return rx_conn_sendv(c, &iov, 1);
-}
-
-int rx_conn_sendfile(rx_conn *c, int fd, off_t offset, size_t len) {
-    if (!can_write(c)) {
-        close(fd);
-        return -EPIPE;
-    }
-    if (len == 0) {
-        close(fd);
-        return 0;
-    }
-    if (c->nsegs == c->segs_cap) {
-        size_t cap = c->segs_cap ? c->segs_cap * 2 : 2;
-        struct rx_file_seg *segs = rx_sys.malloc(cap * sizeof(*segs));
-        if (!segs) {
-            close(fd);
-            return -ENOMEM;
-        }
-        for (size_t i = 0; i < c->nsegs; i++) /* unroll the ring into the new array */
-            segs[i] = c->segs[(c->seg_head + i) % c->segs_cap];
-        rx_sys.free(c->segs);
-        c->segs = segs;
-        c->segs_cap = cap;
-        c->seg_head = 0;
-    }
-    size_t before = rx_buffer_len(&c->out) - c->seg_before;
-    c->segs[(c->seg_head + c->nsegs) % c->segs_cap] =
-        (struct rx_file_seg){.fd = fd, .offset = offset, .len = len, .before = before};
-    c->nsegs++;
-    c->seg_before += before;
-    c->file_bytes += len;
-    if (!c->in_data && !c->waiting_write)
-        return flush(c, false);
-    return 0;
 }
 
 /* Hands the input to on_data; what it appends to the output is held until it returns. */
@@ -331,7 +279,7 @@ static void call_on_data(rx_conn *c) {
 static void deliver(rx_conn *c) {
     call_on_data(c);
     if (!closing_or_closed(c) && rx_conn_queued(c) > 0 && !c->waiting_write)
-        flush(c, false);
+        flush(c, true);
 }
 
 /* Stops reading, writes what is queued, then closes with `reason`. */
@@ -353,14 +301,14 @@ static void close_graceful(rx_conn *c, rx_close_reason reason) {
     update_interest(c);
 }
 
-/* One read per readiness event keeps one busy peer from starving the others. Input with no
- * leftover from an earlier read goes into the loop's scratch buffer, so a connection holds no
- * input memory between messages; only an incomplete message is copied into its own buffer. */
-static void handle_read(rx_conn *c) {
+/* One read and its on_data. Input with no leftover from an earlier read goes into the loop's
+ * scratch buffer, so a connection holds no input memory between messages; only an incomplete
+ * message is copied into its own buffer. Returns the read's result. */
+static ssize_t read_once(rx_conn *c) {
     rx_buffer *in = &c->in;
     char *scratch = NULL;
     ssize_t n;
-    if (in->cap == 0 && (scratch = rx_loop_scratch(c->loop)) != NULL) {
+    if (in->cap == 0 && !c->own_buffers && (scratch = rx_loop_scratch(c->loop)) != NULL) {
         *in = (rx_buffer){.data = scratch, .cap = RX_SCRATCH_SIZE};
         do
             n = rx_sys.read(c->fd, scratch, RX_SCRATCH_SIZE);
@@ -389,7 +337,7 @@ static void handle_read(rx_conn *c) {
         }
     }
     if (c->state == RX_CONN_CLOSED)
-        return;
+        return -EPIPE;
     if (n == 0) {
         c->peer_eof = true;
         if (c->cbs->on_eof) {
@@ -400,14 +348,28 @@ static void handle_read(rx_conn *c) {
         } else {
             close_graceful(c, RX_CLOSE_PEER);
         }
-        return;
+        return 0;
     }
     if (n < 0 && n != -EAGAIN) {
         rx_conn_close_now(c, reason_for((int)n), (int)n);
-        return;
+        return n;
     }
     if (rx_conn_queued(c) > 0 && !c->waiting_write)
-        flush(c, false);
+        flush(c, true);
+    return n;
+}
+
+static bool reading(const rx_conn *c) {
+    return !c->read_paused && !c->peer_eof && !closing_or_closed(c);
+}
+
+/* Level-triggered, one read per readiness event keeps a busy peer from starving the others;
+ * edge-triggered must read until EAGAIN or the readiness is lost. */
+static void handle_read(rx_conn *c) {
+    ssize_t n;
+    do
+        n = read_once(c);
+    while (c->edge && n > 0 && reading(c));
 }
 
 /* Lingering: read and drop what the peer still sends, until its end of stream. */
@@ -443,8 +405,7 @@ static void on_event(rx_channel *ch, uint32_t ready, void *arg) {
     }
     if ((ready & RX_WRITABLE) && c->waiting_write)
         flush(c, true);
-    if ((ready & (RX_READABLE | RX_HUP)) && c->state != RX_CONN_CLOSED && !c->read_paused &&
-        !c->peer_eof && c->state != RX_CONN_CLOSING)
+    if ((ready & (RX_READABLE | RX_HUP)) && reading(c))
         handle_read(c);
 }
 
@@ -467,7 +428,8 @@ static void on_idle(rx_timer *t, void *arg) {
         return;
     }
     /* Activity since the timer was armed only moved last_active: re-arm for what is left. */
-    rx_buffer_release_if_empty(&c->in);
+    if (!c->own_buffers)
+        rx_buffer_release_if_empty(&c->in);
     rx_timer_start(t, deadline - now, 0);
 }
 
@@ -497,13 +459,17 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, rx_conn_state state, const rx_con
     if (!opts)
         opts = &defaults;
     rx_conn *c = rx_sys.calloc(1, sizeof(*c));
-    rx_channel *ch = c ? rx_channel_new(loop, fd, RX_CHANNEL_OWNS_FD, on_event, c) : NULL;
+    uint32_t flags = RX_CHANNEL_OWNS_FD | (opts->edge_triggered ? RX_CHANNEL_EDGE : 0);
+    rx_channel *ch = c ? rx_channel_new(loop, fd, flags, on_event, c) : NULL;
     if (!ch) {
         rx_sys.free(c);
         close(fd);
         errno = ENOMEM;
         return NULL;
     }
+    c->edge = opts->edge_triggered;
+    c->own_buffers = opts->own_buffers;
+    c->always_queue = opts->always_queue;
     c->loop = loop;
     c->ch = ch;
     c->fd = fd;
@@ -520,11 +486,16 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, rx_conn_state state, const rx_con
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     touch(c);
     int rc = opts->idle_timeout_ms ? rx_conn_set_idle_timeout(c, opts->idle_timeout_ms) : 0;
+    if (rc == 0 && c->own_buffers &&
+        (rx_buffer_reserve(&c->in, 4096) < 0 || rx_buffer_reserve(&c->out, 4096) < 0))
+        rc = -ENOMEM;
     if (rc == 0)
         rc = rx_channel_set_interest(ch, state == RX_CONN_CONNECTING ? RX_WRITABLE : RX_READABLE);
     if (rc < 0) {
         /* Never handed out: no on_close is owed, the memory goes now. */
         rx_timer_free(c->idle);
+        rx_buffer_free(&c->in);
+        rx_buffer_free(&c->out);
         rx_channel_close(ch); /* closes fd */
         rx_sys.free(c);
         errno = -rc;
@@ -540,7 +511,8 @@ rx_conn *rx_conn_new(rx_loop *loop, int fd, const rx_conn_opts *opts, const rx_c
 }
 
 int rx_conn_replace_fd(rx_conn *c, int fd) {
-    rx_channel *ch = rx_channel_new(c->loop, fd, RX_CHANNEL_OWNS_FD, on_event, c);
+    uint32_t flags = RX_CHANNEL_OWNS_FD | (c->edge ? RX_CHANNEL_EDGE : 0);
+    rx_channel *ch = rx_channel_new(c->loop, fd, flags, on_event, c);
     if (!ch) {
         close(fd);
         return -ENOMEM;
@@ -562,7 +534,7 @@ void rx_conn_established(rx_conn *c) {
         c->cbs->on_open(c, c->arg);
     /* What was sent or shut down while connecting happens now. */
     if (!closing_or_closed(c) && !c->waiting_write)
-        flush(c, false);
+        flush(c, true);
 }
 
 void rx_conn_pause_read(rx_conn *c) {
@@ -577,6 +549,7 @@ void rx_conn_pause_read(rx_conn *c) {
 static void on_kick(rx_timer *t, void *arg) {
     (void)t;
     rx_conn *c = arg;
+    notify(c);
     if (!c->read_paused && !closing_or_closed(c) && rx_buffer_len(&c->in) > 0)
         deliver(c);
 }
@@ -586,11 +559,8 @@ void rx_conn_resume_read(rx_conn *c) {
         return;
     c->read_paused = false;
     update_interest(c);
-    if (rx_buffer_len(&c->in) == 0 || closing_or_closed(c))
-        return;
-    if ((!c->kick && !(c->kick = rx_timer_new(c->loop, on_kick, c))) ||
-        rx_timer_start(c->kick, 0, 0) < 0)
-        rx_conn_close_now(c, RX_CLOSE_ERROR, -ENOMEM);
+    if (rx_buffer_len(&c->in) > 0 && !closing_or_closed(c))
+        arm_kick(c);
 }
 
 void rx_conn_shutdown(rx_conn *c) {

@@ -35,13 +35,17 @@ struct rx_conn {
 
     size_t high_water, low_water;
     bool above_high;
-    bool waiting_write; /* output is queued and EPOLLOUT is watched */
+    bool owe_low, owe_drain; /* callbacks due that could not run where they became due */
+    bool waiting_write;      /* output is queued and EPOLLOUT is watched */
     bool read_paused;
     bool in_data;      /* inside on_data: appended output waits for the callback to return */
     bool shut_pending; /* rx_conn_shutdown asked; done once the queue is written */
     bool write_shut;
     bool peer_eof;
     bool lingering; /* closing: our side is shut, reading to the peer's end of stream */
+    bool edge;      /* rx_conn_opts switches, see conn.h */
+    bool own_buffers;
+    bool always_queue;
 
     uint64_t idle_ms, last_active;
     rx_timer *idle; /* idle timeout, then the lingering close's limit */
@@ -72,6 +76,14 @@ RX_INTERNAL void rx_conn_established(rx_conn *c);
 
 /* Closes now: fd closed, on_close owed at the end of the iteration. */
 RX_INTERNAL void rx_conn_close_now(rx_conn *c, rx_close_reason reason, int err);
+
+/* Whether sends are still accepted (not closing, write side not shut or about to be). */
+RX_INTERNAL bool rx_conn_can_write(const rx_conn *c);
+
+/* Output queue (conn_output.c): write as far as the socket takes it (0, or a negative errno),
+ * and release queued file ranges. */
+RX_INTERNAL int rx_conn_write_queue(rx_conn *c);
+RX_INTERNAL void rx_conn_release_files(rx_conn *c);
 
 /* Connector side (connector.c). */
 RX_INTERNAL void rx_connect_on_event(rx_conn *c, uint32_t ready);
