@@ -141,9 +141,19 @@ class Echo(unittest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn("1 connections, 5 bytes in, 5 bytes out", out)
 
+    def test_tuned_server_still_echoes_every_byte(self):
+        srv = Server("--tune", "edge,own-buffers,always-queue,nagle,accept-one")
+        try:
+            r = subprocess.run([LOAD, "--connect", srv.addr, "--conns", "20", "--size", "20000",
+                                "--mode", "stream", "--messages", "50"],
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        finally:
+            srv.stop()
+
     def test_bad_flags_exit_2(self):
         for args in (["--bogus"], ["--listen", "nowhere"], ["--max-conns", "-1"],
-                     ["--idle-timeout", "x"]):
+                     ["--idle-timeout", "x"], ["--tune", "warp-speed"]):
             r = subprocess.run([ECHO, *args], capture_output=True, text=True, timeout=10)
             self.assertEqual(r.returncode, 2, args)
             self.assertTrue(r.stderr.strip(), args)

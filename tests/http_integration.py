@@ -427,6 +427,29 @@ class HttpLite(unittest.TestCase):
         self.assertEqual(c.getresponse().status, 200)
         s.close()
 
+    def test_every_tune_switch_still_serves_correctly(self):
+        # The switches bench/run uses to measure techniques must not change behaviour.
+        srv = Server("--tune", "edge,own-buffers,always-queue,nagle,accept-one,no-backpressure,"
+                     "no-batch,no-date-cache,no-sendfile")
+        try:
+            s = srv.sock()
+            s.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n" * 4 +
+                      b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n")
+            rest = b""
+            for _ in range(4):
+                status, _, body, rest = read_response(s, rest)
+                self.assertEqual((status, body), (200, b"Hello, World!"))
+            status, _, body, _ = read_response(s, rest)
+            with open(os.path.join(WWW, "index.html"), "rb") as f:
+                self.assertEqual((status, body), (200, f.read()))
+            s.close()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+        r = subprocess.run([BINARY, "--tune", "warp-speed"], capture_output=True, text=True,
+                           timeout=10)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("warp-speed", r.stderr)
+
     def test_stats_counts(self):
         c = self.conn()
         c.request("GET", "/stats")

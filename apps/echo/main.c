@@ -2,18 +2,21 @@
  * does not read stops being read), half-close, idle timeouts and a graceful stop on signals. */
 #include <errno.h>
 #include <getopt.h>
-#include <signal.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <rx/rx.h>
 
+#include "../tune.h"
+
 struct echo {
     rx_loop *loop;
     rx_server *server;
     unsigned long long conns, bytes_in, bytes_out;
+    bool backpressure; /* --tune no-backpressure clears it */
 };
 
 static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
@@ -28,8 +31,9 @@ static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
 /* Backpressure: stop reading from a client whose echoes pile up until it reads them. */
 static void on_high_water(rx_conn *c, size_t queued, void *arg) {
     (void)queued;
-    (void)arg;
-    rx_conn_pause_read(c);
+    struct echo *e = arg;
+    if (e->backpressure)
+        rx_conn_pause_read(c);
 }
 
 static void on_low_water(rx_conn *c, size_t queued, void *arg) {
@@ -93,13 +97,15 @@ int main(int argc, char **argv) {
         {"listen", required_argument, NULL, 'l'},
         {"idle-timeout", required_argument, NULL, 'i'},
         {"max-conns", required_argument, NULL, 'm'},
+        {"tune", required_argument, NULL, 't'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     rx_server_opts opts = {.listen = "127.0.0.1:7000", .cbs = &echo_callbacks};
+    struct echo e = {.backpressure = true};
     unsigned long long v;
     int ch;
-    while ((ch = getopt_long(argc, argv, "l:i:m:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "l:i:m:t:h", longopts, NULL)) != -1) {
         switch (ch) {
         case 'l':
             opts.listen = optarg;
@@ -117,6 +123,10 @@ int main(int argc, char **argv) {
                 return 2;
             }
             opts.max_conns = (size_t)v;
+            break;
+        case 't':
+            if (tune_apply("rx-echo", optarg, &opts, &e.backpressure, NULL, NULL) < 0)
+                return 2;
             break;
         case 'h':
             usage(stdout);
@@ -140,7 +150,6 @@ int main(int argc, char **argv) {
         return 2;
     }
 
-    struct echo e = {0};
     opts.arg = &e;
     e.loop = rx_loop_new();
     if (!e.loop) {

@@ -37,21 +37,21 @@ typedef struct http_header {
 typedef struct http_request {
     http_method method;
     http_span method_name;
-    http_span target; /* the request-target as sent */
-    http_span path;   /* origin-form path (from an absolute-form target too), without the query */
-    http_span query;  /* after '?', empty when none */
+    http_span target;  /* the request-target as sent */
+    http_span path;    /* origin-form path (from an absolute-form target too), without the query */
+    http_span query;   /* after '?', empty when none */
     int version_minor; /* HTTP/1.<minor>: 0 or 1 */
     size_t nheaders;
     http_header headers[HTTP_MAX_HEADERS];
     size_t head_len; /* bytes of request line + headers + the final empty line */
 
     /* Semantics the server needs, derived while parsing. */
-    bool keep_alive;       /* 1.1 without "Connection: close", or 1.0 with "keep-alive" */
-    bool chunked;          /* Transfer-Encoding: chunked */
-    bool has_length;       /* Content-Length present */
+    bool keep_alive; /* 1.1 without "Connection: close", or 1.0 with "keep-alive" */
+    bool chunked;    /* Transfer-Encoding: chunked */
+    bool has_length; /* Content-Length present */
     uint64_t content_length;
-    bool expect_continue;  /* Expect: 100-continue */
-    http_span host;        /* the Host header value, when present */
+    bool expect_continue; /* Expect: 100-continue */
+    http_span host;       /* the Host header value, when present */
     bool if_modified_since;
     http_span if_modified_since_value;
 } http_request;
@@ -66,7 +66,7 @@ typedef struct http_parser {
     http_limits limits;
     size_t scanned; /* bytes already scanned, so a request arriving in pieces costs O(n) */
     int state;
-    int status; /* on HTTP_PARSE_ERROR: the response status (400, 414, 431, 501, 505, 417) */
+    int status;        /* on HTTP_PARSE_ERROR: the response status (400, 414, 431, 501, 505, 417) */
     const char *error; /* on HTTP_PARSE_ERROR: a short static reason, for logs and bodies */
     unsigned flags;    /* private: Connection tokens seen so far */
     size_t work;       /* bytes examined so far, all calls included (see http_parser_work) */

@@ -47,7 +47,7 @@ const char *http_reason(int status) {
 
 void http_date_refresh(http_server *srv) {
     uint64_t now = rx_loop_now_ms(srv->loop);
-    if (now < srv->date_next_ms)
+    if (now < srv->date_next_ms && srv->cfg.date_cache)
         return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

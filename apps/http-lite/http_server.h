@@ -19,6 +19,8 @@ typedef struct http_config {
     uint64_t max_body_bytes;
     size_t max_conns;
     const char *access_log; /* NULL: none; "-": stdout */
+    /* --tune: techniques switched off, for benchmarks */
+    bool backpressure, batch, date_cache, sendfile;
 } http_config;
 
 typedef struct http_stats {
@@ -36,7 +38,7 @@ typedef struct http_server {
     /* "Date: ...\r\n" for the current second, rebuilt at most once a second. */
     char date_line[48];
     size_t date_len;
-    uint64_t date_next_ms; /* loop time at which the wall-clock second changes */
+    uint64_t date_next_ms;   /* loop time at which the wall-clock second changes */
     http_request shared_req; /* parse target of requests that arrive whole */
     http_request *req_pool;  /* recycled request structs for requests that span reads */
     int last_status;         /* of the last response head written, for the access log */

@@ -187,6 +187,8 @@ static void route(session *s, const char *buf, const http_request *req, const ch
         http_serve_static(srv, s->conn, buf, req, ka);
     if (srv->log)
         log_request(s, buf, req);
+    if (!srv->cfg.batch) /* --tune no-batch: one write per response instead of per read */
+        rx_conn_flush(s->conn);
     if (ka == HTTP_CONN_CLOSE)
         rx_conn_close(s->conn);
 }
@@ -284,7 +286,7 @@ static void process(session *s, rx_buffer *in) {
         rx_conn_state st = rx_conn_get_state(s->conn);
         if (st == RX_CONN_CLOSING || st == RX_CONN_CLOSED)
             return;
-        if (rx_conn_queued(s->conn) > OUTPUT_LIMIT) {
+        if (rx_conn_queued(s->conn) > OUTPUT_LIMIT && s->srv->cfg.backpressure) {
             s->paused = true;
             rx_conn_pause_read(s->conn);
             return;

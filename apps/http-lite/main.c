@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../tune.h"
 #include "http_server.h"
 
 #ifndef RX_HTTP_DEFAULT_ROOT
@@ -28,6 +29,8 @@ static void usage(FILE *out) {
             "  --max-body-bytes N       413 beyond this body size (default 1048576)\n"
             "  --max-conns N            close connections beyond N at once (default: no limit)\n"
             "  --access-log FILE|-      one line per request (default: none)\n"
+            "  --tune LIST              for benchmarks, switch techniques off: " TUNE_COMMON
+            ",\n                           no-batch, no-date-cache, no-sendfile\n"
             "  --help\n",
             RX_HTTP_DEFAULT_ROOT);
 }
@@ -62,8 +65,10 @@ static void on_signal(rx_signal *sig, int signo, void *arg) {
     rx_server_stop(srv->server, 5000, on_stopped, srv);
 }
 
-/* Options into cfg. Returns 0, or the exit status for --help (0 after printing) or bad usage. */
-static int parse_args(int argc, char **argv, http_config *cfg, bool *help) {
+/* Options into cfg and opts. Returns 0, or the exit status for bad usage. */
+static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *opts, bool *help) {
+    static const char *const app_switches[] = {"no-batch", "no-date-cache", "no-sendfile", NULL};
+    bool app_off[3] = {false, false, false};
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},
         {"root", required_argument, NULL, 'r'},
@@ -73,6 +78,7 @@ static int parse_args(int argc, char **argv, http_config *cfg, bool *help) {
         {"max-body-bytes", required_argument, NULL, 'B'},
         {"max-conns", required_argument, NULL, 'm'},
         {"access-log", required_argument, NULL, 'a'},
+        {"tune", required_argument, NULL, 'T'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -89,6 +95,13 @@ static int parse_args(int argc, char **argv, http_config *cfg, bool *help) {
             continue;
         case 'a':
             cfg->access_log = optarg;
+            continue;
+        case 'T':
+            if (tune_apply("rx-http", optarg, opts, &cfg->backpressure, app_switches, app_off) < 0)
+                return 2;
+            cfg->batch = !app_off[0];
+            cfg->date_cache = !app_off[1];
+            cfg->sendfile = !app_off[2];
             continue;
         case 'h':
             *help = true;
@@ -159,9 +172,18 @@ int main(int argc, char **argv) {
         .header_timeout_ms = 10000,
         .max_header_bytes = 8192,
         .max_body_bytes = 1024 * 1024,
+        .backpressure = true,
+        .batch = true,
+        .date_cache = true,
+        .sendfile = true,
+    };
+    rx_server_opts opts = {
+        .conn = {.high_water = 1024 * 1024},
+        .cbs = &http_session_callbacks,
+        .arg = &srv,
     };
     bool help = false;
-    int rc = parse_args(argc, argv, &srv.cfg, &help);
+    int rc = parse_args(argc, argv, &srv.cfg, &opts, &help);
     if (help) {
         usage(stdout);
         return 0;
@@ -186,13 +208,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "rx-http: cannot create the loop: %s\n", strerror(errno));
         return 1;
     }
-    rx_server_opts opts = {
-        .listen = srv.cfg.listen,
-        .max_conns = srv.cfg.max_conns,
-        .conn = {.high_water = 1024 * 1024},
-        .cbs = &http_session_callbacks,
-        .arg = &srv,
-    };
+    opts.listen = srv.cfg.listen;
+    opts.max_conns = srv.cfg.max_conns;
     srv.server = rx_server_new(srv.loop, &opts);
     if (!srv.server) {
         fprintf(stderr, "rx-http: cannot listen on %s: %s\n", srv.cfg.listen, strerror(errno));

@@ -1,0 +1,53 @@
+/* --tune for the example servers: switches that turn one C10K technique off, so bench/run can
+ * measure what each is worth (docs/c10k.md). Shared by rx-echo and rx-http. */
+#ifndef RX_APPS_TUNE_H
+#define RX_APPS_TUNE_H
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <rx/rx.h>
+
+/* The switches every server has; app-specific ones are passed in `app` (names) and reported in
+ * `app_on` (same order). */
+#define TUNE_COMMON "edge, own-buffers, always-queue, nagle, accept-one, no-backpressure"
+
+/* Applies a comma-separated list. Returns 0, or -1 after printing which name is unknown. */
+static inline int tune_apply(const char *prog, const char *list, rx_server_opts *opts,
+                             bool *backpressure, const char *const *app, bool *app_on) {
+    char copy[256];
+    if (strlen(list) >= sizeof(copy)) {
+        fprintf(stderr, "%s: --tune list too long\n", prog);
+        return -1;
+    }
+    strcpy(copy, list);
+    for (char *save = NULL, *name = strtok_r(copy, ",", &save); name;
+         name = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(name, "edge"))
+            opts->conn.edge_triggered = true;
+        else if (!strcmp(name, "own-buffers"))
+            opts->conn.own_buffers = true;
+        else if (!strcmp(name, "always-queue"))
+            opts->conn.always_queue = true;
+        else if (!strcmp(name, "nagle"))
+            opts->conn.nagle = true;
+        else if (!strcmp(name, "accept-one"))
+            opts->listener.accept_batch = 1;
+        else if (!strcmp(name, "no-backpressure"))
+            *backpressure = false;
+        else {
+            size_t i = 0;
+            while (app && app[i] && strcmp(name, app[i]))
+                i++;
+            if (!app || !app[i]) {
+                fprintf(stderr, "%s: unknown --tune switch '%s'\n", prog, name);
+                return -1;
+            }
+            app_on[i] = true;
+        }
+    }
+    return 0;
+}
+
+#endif
