@@ -49,8 +49,10 @@ typedef struct http_server {
  * so (an HTTP/1.0 client that asked for keep-alive). */
 enum { HTTP_CONN_CLOSE, HTTP_CONN_KEEP, HTTP_CONN_KEEP_10 };
 
-/* Connection callbacks (http_session.c). */
+/* Connection callbacks (http_session.c); the server's rx_server_opts.arg must be srv, given to
+ * http_session_setup first. */
 extern const rx_conn_callbacks http_session_callbacks;
+void http_session_setup(http_server *srv);
 
 /* Response helpers (http_response.c). */
 const char *http_reason(int status);

@@ -297,27 +297,38 @@ static void process(session *s, rx_buffer *in) {
     set_timeout(s, TIMEOUT_IDLE, s->srv->cfg.idle_timeout_ms);
 }
 
+/* A connection's arg is the server until its first bytes arrive, and its session after: an idle
+ * connection (C10K) costs no session memory. */
+static http_server *the_server;
+
+void http_session_setup(http_server *srv) { the_server = srv; }
+
 static void on_open(rx_conn *c, void *arg) {
     http_server *srv = arg;
+    srv->stats.conns_open++;
+    srv->stats.conns_total++;
+    /* A new connection gets the header timeout for its first request. */
+    rx_conn_set_idle_timeout(c, srv->cfg.header_timeout_ms);
+}
+
+static session *session_new(rx_conn *c, http_server *srv) {
     session *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->srv = srv;
+    s->conn = c;
+    s->timeout = TIMEOUT_HEADER;
+    end_request(s);
     rx_conn_set_arg(c, s);
+    return s;
+}
+
+static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
+    session *s = arg == the_server ? session_new(c, the_server) : arg;
     if (!s) {
         rx_conn_abort(c);
         return;
     }
-    s->srv = srv;
-    s->conn = c;
-    end_request(s);
-    srv->stats.conns_open++;
-    srv->stats.conns_total++;
-    /* A new connection gets the header timeout for its first request. */
-    s->timeout = TIMEOUT_HEADER;
-    rx_conn_set_idle_timeout(c, srv->cfg.header_timeout_ms);
-}
-
-static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
-    session *s = arg;
-    (void)c;
     process(s, in);
     sync_stats(s);
 }
@@ -325,7 +336,7 @@ static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
 static void on_low_water(rx_conn *c, size_t queued, void *arg) {
     (void)queued;
     session *s = arg;
-    if (!s->paused)
+    if (arg == the_server || !s->paused)
         return;
     s->paused = false;
     rx_conn_resume_read(c); /* rx hands the requests still buffered to on_data */
@@ -334,7 +345,7 @@ static void on_low_water(rx_conn *c, size_t queued, void *arg) {
 static void on_timeout(rx_conn *c, void *arg) {
     session *s = arg;
     /* Part of a head arrived: say why we hang up. Nothing at all, or between requests: just go. */
-    if (!s->in_body && rx_buffer_len(rx_conn_input(c)) > 0) {
+    if (arg != the_server && !s->in_body && rx_buffer_len(rx_conn_input(c)) > 0) {
         fail(s, 408, NULL);
         rx_conn_flush(c);
     } else {
@@ -345,12 +356,14 @@ static void on_timeout(rx_conn *c, void *arg) {
 static void on_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
     (void)reason;
     (void)err;
-    (void)c;
-    session *s = arg;
-    if (!s) /* on_open could not allocate it */
+    the_server->stats.conns_open--;
+    if (arg == the_server) { /* never sent anything */
+        the_server->stats.bytes_in += rx_conn_bytes_in(c);
+        the_server->stats.bytes_out += rx_conn_bytes_out(c);
         return;
+    }
+    session *s = arg;
     sync_stats(s);
-    s->srv->stats.conns_open--;
     if (s->req)
         req_return(s->srv, s->req);
     free(s);

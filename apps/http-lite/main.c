@@ -203,6 +203,7 @@ int main(int argc, char **argv) {
         }
         setvbuf(srv.log, NULL, _IOFBF, 64 * 1024);
     }
+    http_session_setup(&srv);
     srv.loop = rx_loop_new();
     if (!srv.loop) {
         fprintf(stderr, "rx-http: cannot create the loop: %s\n", strerror(errno));
