@@ -14,14 +14,12 @@ struct demo {
     int timer_fires;
 };
 
-static void on_task(void *arg)
-{
+static void on_task(void *arg) {
     struct demo *d = arg;
     d->task_ran = true;
 }
 
-static void on_timer(rx_timer *timer, void *arg)
-{
+static void on_timer(rx_timer *timer, void *arg) {
     struct demo *d = arg;
     d->timer_fires++;
     if (d->task_ran) {
@@ -35,8 +33,7 @@ static void on_timer(rx_timer *timer, void *arg)
     }
 }
 
-int main(void)
-{
+int main(void) {
     struct demo d = {0};
     d.loop = rx_loop_new();
     if (!d.loop) {
