@@ -11,6 +11,8 @@ import threading
 import time
 import unittest
 
+from appserver import AppServer
+
 # A sanitizer build keeps freed memory in quarantine, so RSS bounds are looser there.
 RSS_SLACK_KIB = 64 * 1024 if os.environ.get("RX_SANITIZED") == "1" else 8 * 1024
 
@@ -18,33 +20,9 @@ ECHO = None
 LOAD = None
 
 
-class Server:
+class Server(AppServer):
     def __init__(self, *flags):
-        self.proc = subprocess.Popen([ECHO, "--listen", "127.0.0.1:0", *flags],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        m = re.search(r"127\.0\.0\.1:(\d+)", line)
-        if not m:
-            self.proc.kill()
-            raise RuntimeError("rx-echo did not start: %r" % line)
-        self.port = int(m.group(1))
-        self.addr = "127.0.0.1:%d" % self.port
-
-    def rss_kib(self):
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
-
-    def stop(self, sig=signal.SIGTERM):
-        self.proc.send_signal(sig)
-        try:
-            out, err = self.proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-        return self.proc.returncode, out, err
+        super().__init__([ECHO, *flags])
 
 
 class Echo(unittest.TestCase):

@@ -3,7 +3,6 @@
 curl, http.client and raw sockets. Usage: http_integration.py RX_HTTP_BINARY WWW_DIR"""
 import http.client
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -12,6 +11,8 @@ import tempfile
 import time
 import unittest
 
+from appserver import AppServer
+
 # A sanitizer build keeps freed memory in quarantine, so RSS bounds are looser there.
 RSS_SLACK_KIB = 64 * 1024 if os.environ.get("RX_SANITIZED") == "1" else 8 * 1024
 
@@ -19,42 +20,11 @@ BINARY = None
 WWW = None
 
 
-class Server:
-    """rx-http on 127.0.0.1:0 with extra flags; stopped with SIGTERM by PID."""
+class Server(AppServer):
+    """rx-http with --root (default: the demo site) and extra flags."""
 
     def __init__(self, *flags, root=None):
-        self.proc = subprocess.Popen(
-            [BINARY, "--listen", "127.0.0.1:0", "--root", root or WWW, *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        m = re.search(r"127\.0\.0\.1:(\d+)", line)
-        if not m:
-            self.proc.kill()
-            raise RuntimeError("rx-http did not start: %r %r" % (line, self.proc.stderr.read()))
-        self.port = int(m.group(1))
-
-    def rss_kib(self):
-        with open("/proc/%d/status" % self.proc.pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            rc = self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-        return rc
-
-    def sock(self, timeout=5):
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return s
+        super().__init__([BINARY, "--root", root or WWW, *flags])
 
 
 def read_response(s, buf=b""):
@@ -98,7 +68,7 @@ class HttpLite(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        assert cls.srv.stop() == 0
+        assert cls.srv.stop()[0] == 0
 
     def conn(self):
         return http.client.HTTPConnection("127.0.0.1", self.srv.port, timeout=5)
@@ -249,7 +219,7 @@ class HttpLite(unittest.TestCase):
                     self.assertIn(r.status, want, path)
                     self.assertNotIn(b"top secret", body)
             finally:
-                self.assertEqual(srv.stop(), 0)
+                self.assertEqual(srv.stop()[0], 0)
 
     def test_not_found_and_405_with_allow(self):
         c = self.conn()
@@ -307,7 +277,7 @@ class HttpLite(unittest.TestCase):
             self.assertEqual(status, 413)
             s.close()
         finally:
-            self.assertEqual(srv.stop(), 0)
+            self.assertEqual(srv.stop()[0], 0)
 
     def test_408_after_header_timeout(self):
         srv = Server("--header-timeout", "1")
@@ -325,7 +295,7 @@ class HttpLite(unittest.TestCase):
             c.request("GET", "/plaintext")
             self.assertEqual(c.getresponse().status, 200)
         finally:
-            self.assertEqual(srv.stop(), 0)
+            self.assertEqual(srv.stop()[0], 0)
 
     def test_slowloris_trickle_still_times_out(self):
         srv = Server("--header-timeout", "1")
@@ -351,7 +321,7 @@ class HttpLite(unittest.TestCase):
             self.assertTrue(closed, "a trickling client was not cut off")
             self.assertLess(time.monotonic() - t0, 3.0)
         finally:
-            self.assertEqual(srv.stop(), 0)
+            self.assertEqual(srv.stop()[0], 0)
 
     def test_chunked_post_echo(self):
         s = self.srv.sock()
@@ -444,7 +414,7 @@ class HttpLite(unittest.TestCase):
                 self.assertEqual((status, body), (200, f.read()))
             s.close()
         finally:
-            self.assertEqual(srv.stop(), 0)
+            self.assertEqual(srv.stop()[0], 0)
         r = subprocess.run([BINARY, "--tune", "warp-speed"], capture_output=True, text=True,
                            timeout=10)
         self.assertEqual(r.returncode, 2)

@@ -31,24 +31,6 @@ static int counting_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) 
     return epoll_ctl(epfd, op, fd, ev);
 }
 
-static void *fail_malloc(size_t n) {
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-static void *fail_calloc(size_t c, size_t n) {
-    (void)c;
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-static void *fail_realloc(void *p, size_t n) {
-    (void)p;
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-
 static bool fd_is_closed(int fd) {
     errno = 0;
     return fcntl(fd, F_GETFD) == -1 && errno == EBADF;
@@ -867,9 +849,9 @@ START_TEST(test_new_enomem) {
     ck_assert_ptr_nonnull(loop);
     int sv[2];
     tu_socketpair(sv);
-    rx_sys.malloc = fail_malloc;
-    rx_sys.calloc = fail_calloc;
-    rx_sys.realloc = fail_realloc;
+    rx_sys.malloc = tu_fail_malloc;
+    rx_sys.calloc = tu_fail_calloc;
+    rx_sys.realloc = tu_fail_realloc;
     errno = 0;
     ck_assert_ptr_null(rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, noop_cb, NULL));
     ck_assert_int_eq(errno, ENOMEM);

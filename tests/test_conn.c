@@ -28,8 +28,6 @@
 
 static void teardown(void) { rx_sys_reset(); }
 
-static void *fail_calloc(size_t c, size_t n);
-
 static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
 
 static void set_buf(int fd, int opt, int bytes) {
@@ -344,7 +342,7 @@ START_TEST(test_new_failure_owns_fd_no_callbacks) {
     tu_tcp_pair(&a2, &b2);
     struct tr t1 = {0}, t2 = {0};
     /* Out of memory for the connection itself. */
-    rx_sys.calloc = fail_calloc;
+    rx_sys.calloc = tu_fail_calloc;
     errno = 0;
     ck_assert_ptr_null(rx_conn_new(loop, a1, NULL, &tr_cbs, &t1));
     ck_assert_int_eq(errno, ENOMEM);
@@ -1419,27 +1417,10 @@ END_TEST
 
 /* ---- ENOMEM ---- */
 
-static void *fail_malloc(size_t n) {
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-static void *fail_realloc(void *p, size_t n) {
-    (void)p;
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-static void *fail_calloc(size_t c, size_t n) {
-    (void)c;
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
 static void fail_allocs(void) {
-    rx_sys.malloc = fail_malloc;
-    rx_sys.realloc = fail_realloc;
-    rx_sys.calloc = fail_calloc;
+    rx_sys.malloc = tu_fail_malloc;
+    rx_sys.realloc = tu_fail_realloc;
+    rx_sys.calloc = tu_fail_calloc;
 }
 
 START_TEST(test_enomem_nothing_queued) {

@@ -15,24 +15,6 @@
 
 /* ---- helpers ---- */
 
-static void *fail_malloc(size_t n) {
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-static void *fail_calloc(size_t c, size_t n) {
-    (void)c;
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-static void *fail_realloc(void *p, size_t n) {
-    (void)p;
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-
 struct guard {
     rx_loop *loop;
     bool fired;
@@ -357,9 +339,9 @@ START_TEST(test_post_enomem) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
     int ran = 0, ok = 0, failed = 0;
-    rx_sys.malloc = fail_malloc;
-    rx_sys.calloc = fail_calloc;
-    rx_sys.realloc = fail_realloc;
+    rx_sys.malloc = tu_fail_malloc;
+    rx_sys.calloc = tu_fail_calloc;
+    rx_sys.realloc = tu_fail_realloc;
     for (int i = 0; i < 10000 && failed == 0; i++) {
         int rc = rx_loop_post(loop, count_task, &ran);
         ck_assert_msg(rc == 0 || rc == -ENOMEM, "rx_loop_post returned %d", rc);

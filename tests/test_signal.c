@@ -13,24 +13,6 @@
 
 /* ---- helpers ---- */
 
-static void *fail_malloc(size_t n) {
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-static void *fail_calloc(size_t c, size_t n) {
-    (void)c;
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-static void *fail_realloc(void *p, size_t n) {
-    (void)p;
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-
 static void unblock(int signo) {
     sigset_t set;
     sigemptyset(&set);
@@ -319,9 +301,9 @@ START_TEST(test_new_enomem) {
     unblock(SIGUSR1);
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    rx_sys.malloc = fail_malloc;
-    rx_sys.calloc = fail_calloc;
-    rx_sys.realloc = fail_realloc;
+    rx_sys.malloc = tu_fail_malloc;
+    rx_sys.calloc = tu_fail_calloc;
+    rx_sys.realloc = tu_fail_realloc;
     errno = 0;
     ck_assert_ptr_null(rx_signal_new(loop, SIGUSR1, noop_cb, NULL));
     ck_assert_int_eq(errno, ENOMEM);

@@ -12,27 +12,10 @@
 
 /* ---- helpers ---- */
 
-static void *fail_malloc(size_t n) {
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-static void *fail_calloc(size_t c, size_t n) {
-    (void)c;
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
-static void *fail_realloc(void *p, size_t n) {
-    (void)p;
-    (void)n;
-    errno = ENOMEM;
-    return NULL;
-}
 static void fail_allocs(void) {
-    rx_sys.malloc = fail_malloc;
-    rx_sys.calloc = fail_calloc;
-    rx_sys.realloc = fail_realloc;
+    rx_sys.malloc = tu_fail_malloc;
+    rx_sys.calloc = tu_fail_calloc;
+    rx_sys.realloc = tu_fail_realloc;
 }
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;

@@ -222,3 +222,23 @@ void tu_peer_free(tu_peer *p) {
     p->fd = -1;
     rx_buffer_free(&p->got);
 }
+
+void *tu_fail_malloc(size_t n) {
+    (void)n;
+    errno = ENOMEM;
+    return NULL;
+}
+
+void *tu_fail_calloc(size_t count, size_t n) {
+    (void)count;
+    (void)n;
+    errno = ENOMEM;
+    return NULL;
+}
+
+void *tu_fail_realloc(void *p, size_t n) {
+    (void)p;
+    (void)n;
+    errno = ENOMEM;
+    return NULL;
+}

@@ -72,4 +72,10 @@ bool tu_peer_read(tu_peer *p);
 /* Closes the fd (when >= 0) and frees `got`. */
 void tu_peer_free(tu_peer *p);
 
+/* Replacements for rx_sys.malloc/calloc/realloc that fail with ENOMEM (restore with
+ * rx_sys_reset). */
+void *tu_fail_malloc(size_t n);
+void *tu_fail_calloc(size_t count, size_t n);
+void *tu_fail_realloc(void *p, size_t n);
+
 #endif

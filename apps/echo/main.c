@@ -10,7 +10,7 @@
 
 #include <rx/rx.h>
 
-#include "../tune.h"
+#include "../app.h"
 
 struct echo {
     rx_loop *loop;
@@ -80,18 +80,6 @@ static void usage(FILE *out) {
             "limit)\n");
 }
 
-static int parse_count(const char *s, unsigned long long max, unsigned long long *out) {
-    char *end;
-    errno = 0;
-    if (*s < '0' || *s > '9')
-        return -1;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || v > max)
-        return -1;
-    *out = v;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},
@@ -111,14 +99,14 @@ int main(int argc, char **argv) {
             opts.listen = optarg;
             break;
         case 'i':
-            if (parse_count(optarg, UINT64_MAX / 1000, &v) < 0) {
+            if (app_parse_count(optarg, UINT64_MAX / 1000, &v) < 0) {
                 fprintf(stderr, "rx-echo: --idle-timeout wants whole seconds, got '%s'\n", optarg);
                 return 2;
             }
             opts.conn.idle_timeout_ms = v * 1000;
             break;
         case 'm':
-            if (parse_count(optarg, SIZE_MAX, &v) < 0 || v == 0) {
+            if (app_parse_count(optarg, SIZE_MAX, &v) < 0 || v == 0) {
                 fprintf(stderr, "rx-echo: --max-conns wants a positive count, got '%s'\n", optarg);
                 return 2;
             }

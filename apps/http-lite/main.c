@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../tune.h"
+#include "../app.h"
 #include "http_server.h"
 
 #ifndef RX_HTTP_DEFAULT_ROOT
@@ -33,18 +33,6 @@ static void usage(FILE *out) {
             ",\n                           no-batch, no-date-cache, no-sendfile\n"
             "  --help\n",
             RX_HTTP_DEFAULT_ROOT);
-}
-
-static int parse_num(const char *s, unsigned long long max, unsigned long long *out) {
-    char *end;
-    if (*s < '0' || *s > '9')
-        return -1;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || v > max)
-        return -1;
-    *out = v;
-    return 0;
 }
 
 /* Before each poll: hand the lines of this iteration to the kernel in one write. */
@@ -107,35 +95,35 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
             *help = true;
             return 0;
         case 'i':
-            if (parse_num(optarg, 86400 * 365, &v) == 0) {
+            if (app_parse_count(optarg, 86400 * 365, &v) == 0) {
                 cfg->idle_timeout_ms = v * 1000;
                 continue;
             }
             name = "--idle-timeout";
             break;
         case 't':
-            if (parse_num(optarg, 86400 * 365, &v) == 0) {
+            if (app_parse_count(optarg, 86400 * 365, &v) == 0) {
                 cfg->header_timeout_ms = v * 1000;
                 continue;
             }
             name = "--header-timeout";
             break;
         case 'H':
-            if (parse_num(optarg, 1 << 24, &v) == 0 && v >= 64) {
+            if (app_parse_count(optarg, 1 << 24, &v) == 0 && v >= 64) {
                 cfg->max_header_bytes = (size_t)v;
                 continue;
             }
             name = "--max-header-bytes (64 .. 16777216)";
             break;
         case 'B':
-            if (parse_num(optarg, 1ull << 40, &v) == 0) {
+            if (app_parse_count(optarg, 1ull << 40, &v) == 0) {
                 cfg->max_body_bytes = v;
                 continue;
             }
             name = "--max-body-bytes";
             break;
         case 'm':
-            if (parse_num(optarg, 1ull << 32, &v) == 0 && v > 0) {
+            if (app_parse_count(optarg, 1ull << 32, &v) == 0 && v > 0) {
                 cfg->max_conns = (size_t)v;
                 continue;
             }

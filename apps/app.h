@@ -1,13 +1,28 @@
-/* --tune for the example servers: switches that turn one C10K technique off, so bench/run can
- * measure what each is worth (docs/c10k.md). Shared by rx-echo and rx-http. */
-#ifndef RX_APPS_TUNE_H
-#define RX_APPS_TUNE_H
+/* What rx-echo and rx-http share: number options, and --tune, the switches that turn one C10K
+ * technique off so bench/run can measure what each is worth (docs/c10k.md). */
+#ifndef RX_APPS_APP_H
+#define RX_APPS_APP_H
 
+#include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <rx/rx.h>
+
+/* Parses a decimal count (digits only, no sign) up to max. Returns 0, or -1 when malformed. */
+static inline int app_parse_count(const char *s, unsigned long long max, unsigned long long *out) {
+    char *end;
+    if (*s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
 
 /* The switches every server has; app-specific ones are passed in `app` (names) and reported in
  * `app_on` (same order). */
