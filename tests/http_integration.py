@@ -420,6 +420,24 @@ class HttpLite(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("warp-speed", r.stderr)
 
+    def test_access_log(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            log = os.path.join(tmp, "access.log")
+            srv = Server("--access-log", log)
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+                c.request("GET", "/plaintext")
+                c.getresponse().read()
+                c.request("GET", "/missing?x=1")
+                c.getresponse().read()
+            finally:
+                self.assertEqual(srv.stop()[0], 0)
+            with open(log) as f:
+                lines = f.read().splitlines()
+            self.assertEqual(len(lines), 2, lines)
+            self.assertRegex(lines[0], r'^127\.0\.0\.1:\d+ "GET /plaintext HTTP/1\.1" 200 13$')
+            self.assertRegex(lines[1], r'^127\.0\.0\.1:\d+ "GET /missing\?x=1 HTTP/1\.1" 404 \d+$')
+
     def test_stats_counts(self):
         c = self.conn()
         c.request("GET", "/stats")

@@ -1921,12 +1921,50 @@ START_TEST(test_close_other_same_batch) {
 }
 END_TEST
 
+/* ---- buffers: kept while busy, released when idle ---- */
+
+static int idle_ticks;
+static void count_timeout(rx_conn *c, void *arg) {
+    (void)c;
+    (void)arg;
+    idle_ticks++;
+}
+
+START_TEST(test_buffers_kept_while_busy_released_when_idle) {
+    rx_loop *loop = rx_loop_new();
+    int sv[2];
+    tu_socketpair(sv);
+    static const rx_conn_callbacks cbs = {.on_timeout = count_timeout};
+    rx_conn_opts o = {.idle_timeout_ms = 50};
+    rx_conn *c = rx_conn_new(loop, sv[0], &o, &cbs, NULL);
+    ck_assert_ptr_nonnull(c);
+    rx_buffer *out = rx_conn_output(c);
+    ck_assert_int_eq(rx_buffer_append(out, "hello", 5), 0);
+    ck_assert_int_eq(rx_conn_flush(c), 0);
+    char buf[8];
+    ck_assert_int_eq(read(sv[1], buf, sizeof(buf)), 5);
+    ck_assert_uint_eq(rx_conn_queued(c), 0);
+    ck_assert_ptr_nonnull(out->data); /* kept: the next response costs no malloc */
+    idle_ticks = 0;
+    unsigned long long t0 = tu_now_ms();
+    while (idle_ticks == 0 && tu_now_ms() - t0 < 2000)
+        rx_loop_run_once(loop, 10);
+    ck_assert_int_eq(idle_ticks, 1);
+    ck_assert_ptr_null(out->data); /* idle: given back */
+    ck_assert_ptr_null(rx_conn_input(c)->data);
+    ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_OPEN); /* on_timeout kept it open */
+    close(sv[1]);
+    rx_loop_free(loop);
+}
+END_TEST
+
 static Suite *conn_suite(void) {
     Suite *s = suite_create("conn");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 30);
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_test(tc, test_echo_counters_addrs);
+    tcase_add_test(tc, test_buffers_kept_while_busy_released_when_idle);
     tcase_add_test(tc, test_new_bad_fd);
     tcase_add_test(tc, test_socket_options);
     tcase_add_test(tc, test_new_failure_owns_fd_no_callbacks);

@@ -1,6 +1,7 @@
 /* An incremental, zero-copy HTTP/1.x request parser: request line and header section, plus a
  * chunked body decoder. Results are offsets into the caller's buffer, so they stay valid when the
- * buffer is moved or grown between calls (the request must stay at offset 0). */
+ * buffer is moved or grown between calls (the request must stay at offset 0). Lines must end in
+ * CRLF: a bare LF or CR anywhere is a 400 (see the choices at the top of http_parser.c). */
 #ifndef HTTP_PARSER_H
 #define HTTP_PARSER_H
 

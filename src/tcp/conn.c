@@ -157,7 +157,9 @@ static int flush(rx_conn *c, bool may_notify) {
     if (queued < before)
         touch(c);
     if (queued == 0) {
-        if (!c->own_buffers)
+        /* An output buffer stays while the connection is busy, so a response costs no malloc;
+         * one grown by a burst goes now, a small one when the idle timer finds it empty. */
+        if (!c->own_buffers && c->out.cap > RX_SCRATCH_SIZE)
             rx_buffer_release_if_empty(&c->out);
         if (c->shut_pending && !c->write_shut) {
             shutdown(c->fd, SHUT_WR);
@@ -415,6 +417,11 @@ static void on_idle(rx_timer *t, void *arg) {
         rx_conn_close_now(c, c->reason, c->err);
         return;
     }
+    /* The timer runs about once per idle period: the moment to give back empty buffers. */
+    if (!c->own_buffers) {
+        rx_buffer_release_if_empty(&c->in);
+        rx_buffer_release_if_empty(&c->out);
+    }
     uint64_t now = rx_loop_now_ms(c->loop);
     uint64_t deadline = c->last_active + c->idle_ms;
     if (now >= deadline) {
@@ -428,8 +435,6 @@ static void on_idle(rx_timer *t, void *arg) {
         return;
     }
     /* Activity since the timer was armed only moved last_active: re-arm for what is left. */
-    if (!c->own_buffers)
-        rx_buffer_release_if_empty(&c->in);
     rx_timer_start(t, deadline - now, 0);
 }
 
