@@ -572,7 +572,8 @@ static void usage(FILE *out) {
             "  --rate R            at most R messages/s over all connections (0: unlimited)\n"
             "  --procs P           worker processes, each with N/P connections (default 1)\n"
             "  --sources K         spread connections over source addresses 127.0.0.1..K, for\n"
-            "                      more than ~28k connections to one server (default 1)\n"
+            "                      more than ~28k connections to one server (default: as many\n"
+            "                      as ip_local_port_range needs for --conns, to a 127.x server)\n"
             "  --connect-rate C    start at most C connects/s (default unlimited; at most %d\n"
             "                      connects in flight per process in any case)\n"
             "  --warmup S          run S seconds before measuring (default 0)\n"
@@ -612,6 +613,24 @@ static int bad_arg(const char *opt, const char *val, const char *want) {
     return 2;
 }
 
+/* Source addresses enough that none runs out of ephemeral ports towards the server: each gives
+ * the size of ip_local_port_range (less a tenth, for TIME_WAIT and other sockets). Only for a
+ * 127.0.0.0/8 server, where every 127.0.0.X is a local address. */
+static unsigned auto_sources(const rx_addr *addr, unsigned long long conns) {
+    if (addr->u.sa.sa_family != AF_INET || (ntohl(addr->u.in.sin_addr.s_addr) >> 24) != 127)
+        return 1;
+    unsigned lo = 32768, hi = 60999;
+    FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+    if (f) {
+        if (fscanf(f, "%u %u", &lo, &hi) != 2 || hi < lo)
+            lo = 32768, hi = 60999;
+        fclose(f);
+    }
+    unsigned long long ports = (hi - lo + 1ull) * 9 / 10;
+    unsigned long long n = (conns + ports - 1) / ports;
+    return n < 1 ? 1 : n > 254 ? 254 : (unsigned)n;
+}
+
 int main(int argc, char **argv) {
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},  {"conns", required_argument, NULL, 'n'},
@@ -622,7 +641,7 @@ int main(int argc, char **argv) {
         {"warmup", required_argument, NULL, 'w'},   {"json", no_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
-    struct opts o = {.mode = PINGPONG, .procs = 1, .sources = 1};
+    struct opts o = {.mode = PINGPONG, .procs = 1, .sources = 0}; /* 0: chosen below */
     ull v;
     int ch;
     while ((ch = getopt_long(argc, argv, "c:n:s:m:d:M:r:p:S:C:w:jh", longopts, NULL)) != -1) {
@@ -698,6 +717,8 @@ int main(int argc, char **argv) {
         return bad_arg("--connect", o.connect, "an address like 127.0.0.1:7000");
     if (o.sources > 1 && addr.u.sa.sa_family != AF_INET)
         return bad_arg("--connect", o.connect, "an IPv4 address with --sources");
+    if (o.sources == 0)
+        o.sources = auto_sources(&addr, o.conns);
     if (o.procs > o.conns) {
         fprintf(stderr, "echo-load: --procs %u is more than --conns %llu\n", o.procs, o.conns);
         return 2;
