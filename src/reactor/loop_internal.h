@@ -13,6 +13,7 @@
 #include <rx/signal.h>
 #include <rx/timer.h>
 
+#include "scratch.h"
 #include "sys.h"
 
 struct rx_channel {
@@ -102,13 +103,6 @@ struct rx_loop {
     /* Signals: one signalfd for every watched signal. */
     struct rx_signal_state *signals;
 };
-
-#define RX_SCRATCH_SIZE (64 * 1024)
-
-/* The loop's scratch read buffer (RX_SCRATCH_SIZE bytes, allocated on first use; NULL on ENOMEM),
- * and forgetting it once a borrower took its memory over. */
-RX_INTERNAL char *rx_loop_scratch(rx_loop *loop);
-RX_INTERNAL void rx_loop_scratch_forget(rx_loop *loop);
 
 /* Timers (timer.c). */
 RX_INTERNAL int rx_timer_next_timeout(rx_loop *loop); /* ms until the nearest timer, -1 when none */

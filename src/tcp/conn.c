@@ -12,7 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "loop_internal.h"
+#include "scratch.h"
 
 #define DEFAULT_HIGH_WATER (1024 * 1024)
 #define LINGER_MS 2000
