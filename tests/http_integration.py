@@ -27,9 +27,9 @@ class Server(AppServer):
         super().__init__([BINARY, "--root", root or WWW, *flags])
 
 
-def read_response(s, buf=b""):
-    """Reads one response (head + Content-Length body) from s; returns (status, headers, body,
-    rest). headers keys are lower case."""
+def read_head(s, buf=b""):
+    """Reads one response head from s, and nothing after it (what a client does for a HEAD
+    request, a 1xx, 204 or 304); returns (status, headers, rest). headers keys are lower case."""
     while b"\r\n\r\n" not in buf:
         chunk = s.recv(65536)
         if not chunk:
@@ -37,11 +37,20 @@ def read_response(s, buf=b""):
         buf += chunk
     head, _, buf = buf.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/1.1 "):
+        raise AssertionError("not a status line: %r" % lines[0])
     status = int(lines[0].split(" ")[1])
     headers = {}
     for line in lines[1:]:
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
+    return status, headers, buf
+
+
+def read_response(s, buf=b""):
+    """Reads one response (head + Content-Length body) from s; returns (status, headers, body,
+    rest). headers keys are lower case."""
+    status, headers, buf = read_head(s, buf)
     n = int(headers.get("content-length", "0"))
     while len(buf) < n:
         chunk = s.recv(65536)
@@ -49,6 +58,11 @@ def read_response(s, buf=b""):
             raise EOFError("connection closed inside a body")
         buf += chunk
     return status, headers, buf[:n], buf[n:]
+
+
+def http_reason_body(status):
+    """The body rx-http sends with an error status: its reason phrase and a newline."""
+    return http.client.responses[status].encode() + b"\n"
 
 
 def recv_until_closed(s, limit_s=5):
@@ -230,12 +244,142 @@ class HttpLite(unittest.TestCase):
         c.request("POST", "/plaintext", body=b"x")
         r = c.getresponse()
         self.assertEqual(r.status, 405)
-        self.assertEqual(r.getheader("Allow"), "GET, HEAD")
+        self.assertEqual(r.getheader("Allow"), "GET, HEAD, OPTIONS")
         r.read()
         c.request("GET", "/echo")
         r = c.getresponse()
-        self.assertEqual((r.status, r.getheader("Allow")), (405, "POST"))
+        self.assertEqual((r.status, r.getheader("Allow")), (405, "POST, OPTIONS"))
         r.read()
+
+    def test_head_errors_have_a_head_and_no_body(self):
+        # A HEAD gets the head GET would get, Content-Length of GET's body included, and no body:
+        # the next response on the connection starts right after the head.
+        s = self.srv.sock()
+        rest = b""
+        for target, want in [(b"/nope", 404), (b"/echo", 405), (b"/./hello.txt", 403)]:
+            s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, get_headers, body, rest = read_response(s, rest)
+            self.assertEqual(status, want, target)
+            self.assertGreater(len(body), 0)
+            s.sendall(b"HEAD " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n"
+                      b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, headers, rest = read_head(s, rest)
+            self.assertEqual(status, want, target)
+            for k in ("content-length", "content-type", "allow", "connection"):
+                self.assertEqual(headers.get(k), get_headers.get(k), (target, k))
+            status, _, body, rest = read_response(s, rest)  # fails on a stray body
+            self.assertEqual((status, body), (200, b"Hello, World!"), target)
+        self.assertEqual(rest, b"")
+        s.close()
+
+    def test_head_rejected_by_the_parser_gets_no_body(self):
+        # These answers close the connection: all that arrives is the head.
+        for req, want in [
+                (b"HEAD / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+                (b"HEAD / HTTP/1.1\r\n\r\n", 400),  # no Host
+                (b"\r\nHEAD /a#b HTTP/1.1\r\nHost: t\r\n\r\n", 400)]:
+            s = self.srv.sock()
+            s.sendall(req)
+            data = recv_until_closed(s)
+            s.close()
+            status, headers, rest = read_head(None, data)
+            self.assertEqual(status, want, req)
+            self.assertEqual(headers.get("connection"), "close")
+            self.assertEqual(int(headers["content-length"]), len(http_reason_body(want)))
+            self.assertEqual(rest, b"", req)
+
+    def test_options(self):
+        s = self.srv.sock()
+        s.sendall(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, body, rest = read_response(s)
+        self.assertEqual((status, headers.get("allow"), headers.get("content-length"), body),
+                         (200, "GET, HEAD, POST, OPTIONS", "0", b""))
+        get_head = "GET, HEAD, OPTIONS"
+        for path, allow in [(b"/plaintext", get_head), (b"/echo", "POST, OPTIONS"),
+                            (b"/hello.txt", get_head), (b"/stats", get_head)]:
+            s.sendall(b"OPTIONS " + path + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+            status, headers, rest = read_head(s, rest)
+            self.assertEqual((status, headers.get("allow")), (204, allow), path)
+            self.assertNotIn("content-length", headers, path)  # RFC 9110 §8.6
+        s.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, _, body, rest = read_response(s, rest)
+        self.assertEqual((status, body, rest), (200, b"Hello, World!", b""))
+        s.close()
+
+    def test_known_methods_get_405_unknown_501(self):
+        c = self.conn()
+        for method, path, allow in [("PUT", "/hello.txt", "GET, HEAD, OPTIONS"),
+                                    ("DELETE", "/plaintext", "GET, HEAD, OPTIONS"),
+                                    ("PATCH", "/json", "GET, HEAD, OPTIONS"),
+                                    ("DELETE", "/no/such/file", "GET, HEAD, OPTIONS"),
+                                    ("PUT", "/echo", "POST, OPTIONS")]:
+            c.request(method, path, body=b"data")
+            r = c.getresponse()
+            r.read()
+            self.assertEqual((r.status, r.getheader("Allow")), (405, allow), (method, path))
+        for method in ["TRACE", "BREW"]:
+            c.request(method, "/plaintext")
+            r = c.getresponse()
+            r.read()
+            self.assertEqual(r.status, 501, method)
+        s = self.srv.sock()
+        s.sendall(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n")
+        self.assertEqual(read_response(s)[0], 501)
+        s.close()
+
+    def test_over_long_method_is_501_not_431(self):
+        s = self.srv.sock()
+        try:
+            s.sendall(b"M" * 20000 + b" / HTTP/1.1\r\nHost: t\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before we finish sending
+        status, headers, _, _ = read_response(s)
+        self.assertEqual((status, headers.get("connection")), (501, "close"))
+        s.close()
+
+    def test_8k_request_target_accepted(self):
+        # RFC 9112 §3: at least 8000 octets of request-line. With the default limits a target of
+        # 8192 bytes, along with a dozen header fields, reaches routing; one more byte is a 414.
+        fields = b"".join(b"X-Field-%d: %s\r\n" % (i, b"v" * 60) for i in range(12))
+        for n, want in [(7900, 404), (8192, 404), (8193, 414)]:
+            s = self.srv.sock()
+            s.sendall(b"GET /" + b"a" * (n - 1) + b" HTTP/1.1\r\nHost: t\r\n" + fields + b"\r\n")
+            status, _, _, _ = read_response(s)
+            self.assertEqual(status, want, n)
+            s.close()
+
+    def test_fifo_under_root_is_403_without_blocking(self):
+        with tempfile.TemporaryDirectory() as root:
+            fifos = [os.path.join(root, "pipe"), os.path.join(root, "d", "index.html")]
+            os.mkdir(os.path.join(root, "d"))
+            for f in fifos:
+                os.mkfifo(f)
+            with open(os.path.join(root, "ok.txt"), "w") as f:
+                f.write("fine")
+            srv = Server(root=root)
+            try:
+                for target in [b"/pipe", b"/d/", b"/d"]:
+                    s = srv.sock(timeout=2)
+                    t0 = time.monotonic()
+                    s.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+                    status, _, _, _ = read_response(s)
+                    self.assertEqual(status, 403, target)
+                    self.assertLess(time.monotonic() - t0, 1.0, target)
+                    s.close()
+                c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=2)
+                c.request("GET", "/ok.txt")
+                r = c.getresponse()
+                self.assertEqual((r.status, r.read()), (200, b"fine"))
+                c.request("GET", "/plaintext")
+                self.assertEqual(c.getresponse().status, 200)
+            finally:
+                # A server stuck opening a FIFO would never stop: be its writer, so it resumes.
+                for f in fifos:
+                    try:
+                        os.close(os.open(f, os.O_WRONLY | os.O_NONBLOCK))
+                    except OSError:
+                        pass  # ENXIO: nobody has it open for reading
+                self.assertEqual(srv.stop()[0], 0)
 
     def test_one_byte_at_a_time(self):
         s = self.srv.sock()
@@ -355,14 +499,28 @@ class HttpLite(unittest.TestCase):
         s.close()
 
     def test_bad_requests_get_complete_errors(self):
-        cases = [
+        te = b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+        chunked = te + b"chunked\r\n\r\n"
+        cases = [  # (request, status); all but BREW's 501 close the connection
             (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 400),  # empty Host
+            (b"GET /plaintext#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
             (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
             (b"BREW / HTTP/1.1\r\nHost: a\r\n\r\n", 501),
             (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
              b"Transfer-Encoding: chunked\r\n\r\n", 400),
-            (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+            # RFC 9112 §6.3: a final coding other than chunked is a 400, and the server closes.
+            (te + b"gzip\r\n\r\n", 400),
+            (te + b"chunked, gzip\r\n\r\n", 400),
+            (te + b"chunked, chunked\r\n\r\n", 400),
+            (te + b"chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (te + b"gzip, chunked\r\n\r\n", 501),
+            # Chunk extensions outside the grammar of RFC 9112 §7.1.1.
+            (chunked + b"5;\r\nhello\r\n0\r\n\r\n", 400),
+            (chunked + b"5;=x\r\nhello\r\n0\r\n\r\n", 400),
+            (chunked + b"5;a=b@c\r\nhello\r\n0\r\n\r\n", 400),
+            (chunked + b"5;a=\"open\r\nhello\r\n0\r\n\r\n", 400),
             (b"GET /" + b"a" * 10000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
             (b"GET / HTTP/1.1\nHost: a\n\n", 400),
         ]
@@ -370,8 +528,10 @@ class HttpLite(unittest.TestCase):
             s = self.srv.sock()
             s.sendall(req)
             status, headers, body, _ = read_response(s)
-            self.assertEqual(status, want, req[:40])
+            self.assertEqual(status, want, req)
             self.assertEqual(len(body), int(headers["content-length"]))
+            if not req.startswith(b"BREW"):
+                self.assertEqual(headers.get("connection"), "close", req)
             s.close()
 
     def test_pipelining_client_that_does_not_read_is_paused(self):

@@ -302,17 +302,17 @@ END_TEST
 /* 431 as soon as max_head_bytes + 1 bytes are there, without waiting for the end of the head. */
 START_TEST(test_431_detected_early) {
     size_t len, at;
-    char *b = make_head(40, 200, &len);
+    char *b = make_head(40, 420, &len);
     http_parser p;
     http_request r;
-    http_parser_init(&p, NULL); /* default limit: 8192 */
-    ck_assert_uint_gt(len, 8193);
+    http_parser_init(&p, NULL); /* default limit: 16384 */
+    ck_assert_uint_gt(len, 16385);
     ck_assert_int_eq(feed_bytewise(&p, &r, b, len - 2, &at), HTTP_PARSE_ERROR);
     ck_assert_int_eq(p.status, 431);
-    ck_assert_uint_eq(at, 8193);
+    ck_assert_uint_eq(at, 16385);
     http_parser_init(&p, NULL);
-    ck_assert_int_eq(http_parse_head(&p, &r, b, 8192), HTTP_PARSE_AGAIN);
-    ck_assert_int_eq(http_parse_head(&p, &r, b, 8193), HTTP_PARSE_ERROR);
+    ck_assert_int_eq(http_parse_head(&p, &r, b, 16384), HTTP_PARSE_AGAIN);
+    ck_assert_int_eq(http_parse_head(&p, &r, b, 16385), HTTP_PARSE_ERROR);
     ck_assert_int_eq(p.status, 431);
     free(b);
 }
@@ -320,34 +320,56 @@ END_TEST
 
 /* A head of exactly the default limit is fine; a zeroed parser uses the default limits. */
 START_TEST(test_default_limits) {
-    static char b[8192 + 16];
+    static char b[16384 + 16];
     const char *start = "GET / HTTP/1.1\r\nHost: h\r\nX: ";
     size_t n = strlen(start);
     memcpy(b, start, n);
-    memset(b + n, 'v', 8192 - n - 4);
-    memcpy(b + 8192 - 4, "\r\n\r\n", 4);
+    memset(b + n, 'v', 16384 - n - 4);
+    memcpy(b + 16384 - 4, "\r\n\r\n", 4);
     http_parser p;
     memset(&p, 0, sizeof p);
     http_request r;
-    ck_assert_int_eq(http_parse_head(&p, &r, b, 8192), HTTP_PARSE_DONE);
-    ck_assert_uint_eq(r.head_len, 8192);
-    memcpy(b + 8192 - 4, "v\r\n\r\n", 5);
+    ck_assert_int_eq(http_parse_head(&p, &r, b, 16384), HTTP_PARSE_DONE);
+    ck_assert_uint_eq(r.head_len, 16384);
+    memcpy(b + 16384 - 4, "v\r\n\r\n", 5);
     memset(&p, 0, sizeof p);
-    ck_assert_int_eq(http_parse_head(&p, &r, b, 8193), HTTP_PARSE_ERROR);
+    ck_assert_int_eq(http_parse_head(&p, &r, b, 16385), HTTP_PARSE_ERROR);
     ck_assert_int_eq(p.status, 431);
 
-    /* Target of 4096 bytes: fine; 4097: 414, as soon as byte 4097 of the target is there. */
+    /* Target of 8192 bytes: fine; 8193: 414, as soon as byte 8193 of the target is there. */
     memcpy(b, "GET /", 5);
-    memset(b + 5, 'a', 4200);
-    memcpy(b + 4 + 4096, " HTTP/1.1\r\nHost: h\r\n\r\n", 22);
+    memset(b + 5, 'a', 8300);
+    memcpy(b + 4 + 8192, " HTTP/1.1\r\nHost: h\r\n\r\n", 22);
     memset(&p, 0, sizeof p);
-    ck_assert_int_eq(http_parse_head(&p, &r, b, 4 + 4096 + 22), HTTP_PARSE_DONE);
-    ck_assert_uint_eq(r.target.len, 4096);
-    b[4 + 4096] = 'a';
+    ck_assert_int_eq(http_parse_head(&p, &r, b, 4 + 8192 + 22), HTTP_PARSE_DONE);
+    ck_assert_uint_eq(r.target.len, 8192);
+    b[4 + 8192] = 'a';
     memset(&p, 0, sizeof p);
-    ck_assert_int_eq(http_parse_head(&p, &r, b, 4 + 4096), HTTP_PARSE_AGAIN);
-    ck_assert_int_eq(http_parse_head(&p, &r, b, 4 + 4097), HTTP_PARSE_ERROR);
+    ck_assert_int_eq(http_parse_head(&p, &r, b, 4 + 8192), HTTP_PARSE_AGAIN);
+    ck_assert_int_eq(http_parse_head(&p, &r, b, 4 + 8193), HTTP_PARSE_ERROR);
     ck_assert_int_eq(p.status, 414);
+}
+END_TEST
+
+/* RFC 9112 §3 asks for request lines of at least 8000 octets: a 7,900-byte target with a
+ * browser's worth of header fields fits the default limits. */
+START_TEST(test_default_limits_fit_a_7900_byte_target) {
+    static char b[16384];
+    size_t n = put(b, 0, "GET /");
+    memset(b + n, 'p', 7899);
+    n += 7899;
+    n = put(b, n, "?q HTTP/1.1\r\nHost: example.com\r\n");
+    for (int i = 0; i < 20; i++)
+        n = put(b, n, "X-Field-%02d: %040d\r\n", i, i);
+    n = put(b, n, "\r\n");
+    ck_assert_uint_gt(n, 8192);
+    http_parser p;
+    http_request r;
+    http_parser_init(&p, NULL);
+    ck_assert_int_eq(http_parse_head(&p, &r, b, n), HTTP_PARSE_DONE);
+    ck_assert_uint_eq(r.path.len, 7900);
+    ck_assert_uint_eq(r.nheaders, 21);
+    ck_assert_uint_eq(r.head_len, n);
 }
 END_TEST
 
@@ -533,6 +555,7 @@ static Suite *http_parser_suite(void) {
     tcase_add_test(tc, test_64_fields_ok_65_is_431);
     tcase_add_test(tc, test_431_detected_early);
     tcase_add_test(tc, test_default_limits);
+    tcase_add_test(tc, test_default_limits_fit_a_7900_byte_target);
     tcase_add_test(tc, test_414_detected_early);
     tcase_add_test(tc, test_huge_limits);
     tcase_add_test(tc, test_pipelined_requests);

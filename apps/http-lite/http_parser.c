@@ -15,18 +15,32 @@
  * - an absolute-form target gives path "/" (a '/' of its "://") when it has no path;
  * - CONNECT must use the authority-form "host:port" (its path and query are empty), and the
  *   authority-form is accepted only with CONNECT; "*" only with OPTIONS;
- * - a second Transfer-Encoding header makes a list of codings, hence a 501;
+ * - Transfer-Encoding (RFC 9112 §6.1, §6.3): a field line repeated, "chunked" listed twice, or a
+ *   last coding other than "chunked" is a 400 (and rx-http closes); another coding before a final
+ *   "chunked" (e.g. "gzip, chunked") is a 501, since no other coding is implemented;
+ * - a method token longer than MAX_METHOD bytes is a 501 (no method we implement is that long),
+ *   detected at its byte MAX_METHOD + 1 rather than running into the head limit's 431;
+ * - a '#' in the request-target is a 400: a fragment is never sent (RFC 9110 §7.1);
+ * - a request-target of up to DEFAULT_MAX_TARGET (8 KiB) bytes is accepted by default (RFC 9112
+ *   §3 recommends at least 8000 octets), so the default head limit is 16 KiB;
  * - "Expect: 100-continue" is ignored in an HTTP/1.0 request (RFC 9110 §10.1.1), any other
  *   expectation is a 417 in both versions;
  * - the first If-Modified-Since is recorded;
- * - a Host value may hold only the bytes of a host and port (RFC 9112 §3.2: else 400). */
+ * - a Host value may hold only the bytes of a host and port (RFC 9112 §3.2: else 400), and may
+ *   not be empty: RFC 9112 §3.2 allows that only for a target URI without an authority, and an
+ *   "http" URI with an empty host must be rejected as invalid (RFC 9110 §4.2.1);
+ * - chunk extensions must follow RFC 9112 §7.1.1: ';' name ['=' (token / quoted-string)], with
+ *   BWS around ';' and '=', repeated; a bare ';', a missing name or value, a byte outside the
+ *   grammar or an unterminated quoted-string is a 400. Whitespace before the CRLF of a size line
+ *   is a 400 too (the grammar has BWS only before ';' and around '='). Extensions are ignored. */
 #include "http_parser.h"
 
 #include <stddef.h>
 #include <string.h>
 
-#define DEFAULT_MAX_HEAD 8192
-#define DEFAULT_MAX_TARGET 4096
+#define DEFAULT_MAX_HEAD 16384
+#define DEFAULT_MAX_TARGET 8192
+#define MAX_METHOD 32
 #define MAX_EMPTY_LINES 4
 #define MAX_CONTENT_LENGTH ((uint64_t)1 << 62)
 
@@ -216,22 +230,32 @@ static int content_length(http_parser *p, http_request *r, const unsigned char *
     return 0;
 }
 
+/* Only a lone "chunked" is accepted. The 400s are framing errors (RFC 9112 §6.3: the length of
+ * the body cannot be determined), the 501 a coding we could frame but not decode. A repeated
+ * field line is refused as such: a proxy that keeps only one of them would frame differently. */
 static int transfer_encoding(http_parser *p, http_request *r, const unsigned char *v, size_t n) {
-    size_t pos = 0, b, e, count = 0;
+    size_t pos = 0, b, e, count = 0, chunked = 0;
     bool last_chunked = false;
     if (r->version_minor == 0)
         return fail(p, 400, "Transfer-Encoding in an HTTP/1.0 request");
     if (r->has_length)
         return fail(p, 400, "Transfer-Encoding with Content-Length");
+    if (r->chunked)
+        return fail(p, 400, "Transfer-Encoding repeated");
     while (list_next(v, n, &pos, &b, &e)) {
         if (b == e)
             continue; /* empty list elements are ignored (RFC 9110 §5.6.1) */
         count++;
         last_chunked = ieq_str(v + b, e - b, "chunked");
+        chunked += last_chunked;
     }
     if (count == 0)
         return fail(p, 400, "empty Transfer-Encoding");
-    if (r->chunked || count > 1 || !last_chunked)
+    if (chunked > 1)
+        return fail(p, 400, "chunked applied twice");
+    if (!last_chunked)
+        return fail(p, 400, "final transfer coding is not chunked");
+    if (count > 1)
         return fail(p, 501, "unsupported transfer coding");
     r->chunked = true;
     return 0;
@@ -246,6 +270,8 @@ static int header_semantics(http_parser *p, http_request *r, const unsigned char
     if (ieq_str(name, nl, "host")) {
         if (r->host.off != 0)
             return fail(p, 400, "more than one Host");
+        if (n == 0)
+            return fail(p, 400, "empty Host");
         for (size_t i = 0; i < n; i++)
             if (!is_host_char(v[i]))
                 return fail(p, 400, "invalid Host");
@@ -329,9 +355,13 @@ int http_parse_head(http_parser *p, http_request *req, const char *buf, size_t l
                 FAIL(i, 400, "bare CR");
             st = S_START, i++;
             break;
-        case S_METHOD:
-            while (i < end && is_tchar(s[i]))
+        case S_METHOD: {
+            size_t too_long = req->method_name.off + MAX_METHOD; /* a tchar here is one too many */
+            size_t stop = end < too_long ? end : too_long;
+            while (i < stop && is_tchar(s[i]))
                 i++;
+            if (i == too_long && i < end && is_tchar(s[i]))
+                FAIL(i, 501, "method too long");
             if (i == end)
                 break;
             if (s[i] != ' ' || i == req->method_name.off)
@@ -341,12 +371,15 @@ int http_parse_head(http_parser *p, http_request *req, const char *buf, size_t l
             req->target.off = (uint32_t)++i;
             st = S_TARGET;
             break;
+        }
         case S_TARGET: {
             size_t too_long = req->target.off + max_target; /* a target byte here is one too many */
             size_t stop = end < too_long ? end : too_long;
-            for (; i < stop && is_vchar(s[i]); i++)
+            for (; i < stop && is_vchar(s[i]) && s[i] != '#'; i++)
                 if (s[i] == '?' && req->query.off == 0)
                     req->query.off = (uint32_t)i;
+            if (i < end && s[i] == '#')
+                FAIL(i, 400, "fragment in request-target");
             if (i == too_long && i < end && is_vchar(s[i]))
                 FAIL(i, 414, "request-target too long");
             if (i == end)
@@ -456,12 +489,16 @@ out:
 
 /* ---- chunked body decoder ---- */
 
-/* Decoder states: at the first digit of a chunk-size, in it, in whitespace after it (';' must
- * follow), in chunk extensions (ignored), after the CR of the size line; in a payload (d->left
- * bytes to go), CR then LF expected after it; at a trailer line start (or the final empty line),
- * in a trailer name, in its value, after its CR; after the CR of the final empty line. */
+/* Decoder states: at the first digit of a chunk-size, in it; in BWS where only ';' may follow
+ * (after the size or an extension value); after a ';' (BWS, then a name), in an extension name,
+ * in BWS after it (';' or '=' may follow), after its '=' (BWS, then a value), in a token value,
+ * in a quoted-string value, after a backslash in it, after its closing quote; after the CR of the
+ * size line; in a payload (d->left bytes to go), CR then LF expected after it; at a trailer line
+ * start (or the final empty line), in a trailer name, in its value, after its CR; after the CR of
+ * the final empty line. */
 /* clang-format off */
-enum { C_SIZE0, C_SIZE, C_BWS, C_EXT, C_SIZE_LF, C_DATA, C_DATA_CR, C_DATA_LF,
+enum { C_SIZE0, C_SIZE, C_BWS, C_EXT_SEMI, C_EXT_NAME, C_EXT_NAME_BWS, C_EXT_EQ, C_EXT_TOKEN,
+       C_EXT_QUOTED, C_EXT_QPAIR, C_EXT_END, C_SIZE_LF, C_DATA, C_DATA_CR, C_DATA_LF,
        C_TR_START, C_TR_NAME, C_TR_VALUE, C_TR_LF, C_END_LF, C_DONE, C_ERROR };
 /* clang-format on */
 
@@ -508,31 +545,79 @@ int http_chunked_decode(http_chunked *d, char *body, size_t len) {
                 status = 413;
                 goto error;
             }
-            if (c == '\r')
-                st = C_SIZE_LF;
-            else if (c == ';')
-                st = C_EXT;
-            else if (is_ows(c))
-                st = C_BWS;
-            else
-                goto error;
-            i++;
+            st = C_EXT_END;
             break;
         case C_BWS:
             if (c == ';')
-                st = C_EXT;
+                st = C_EXT_SEMI;
             else if (!is_ows(c))
                 goto error;
             i++;
             break;
-        case C_EXT:
-            while (i < len && is_field_char(s[i]))
+        case C_EXT_SEMI:
+        case C_EXT_EQ:
+            if (is_ows(c)) {
+                i++;
+                break;
+            }
+            if (st == C_EXT_EQ && c == '"')
+                st = C_EXT_QUOTED;
+            else if (is_tchar(c))
+                st = st == C_EXT_EQ ? C_EXT_TOKEN : C_EXT_NAME;
+            else
+                goto error;
+            i++;
+            break;
+        case C_EXT_NAME:
+        case C_EXT_TOKEN:
+            while (i < len && is_tchar(s[i]))
                 i++;
             if (i == len)
                 break;
-            if (s[i] != '\r')
+            if (st == C_EXT_NAME && (s[i] == '=' || is_ows(s[i]))) {
+                st = s[i] == '=' ? C_EXT_EQ : C_EXT_NAME_BWS;
+                i++;
+                break;
+            }
+            st = C_EXT_END;
+            break;
+        case C_EXT_NAME_BWS:
+            if (c == '=')
+                st = C_EXT_EQ;
+            else if (c == ';')
+                st = C_EXT_SEMI;
+            else if (!is_ows(c))
                 goto error;
-            st = C_SIZE_LF;
+            i++;
+            break;
+        case C_EXT_QUOTED: /* qdtext: a field byte other than DQUOTE and backslash */
+            while (i < len && is_field_char(s[i]) && s[i] != '"' && s[i] != '\\')
+                i++;
+            if (i == len)
+                break;
+            if (s[i] == '"')
+                st = C_EXT_END;
+            else if (s[i] == '\\')
+                st = C_EXT_QPAIR;
+            else
+                goto error; /* a CTL, or the CR of a line whose quoted-string is unterminated */
+            i++;
+            break;
+        case C_EXT_QPAIR:
+            if (!is_field_char(c))
+                goto error;
+            st = C_EXT_QUOTED;
+            i++;
+            break;
+        case C_EXT_END: /* after a size, a name or a value: the line ends or another one follows */
+            if (c == '\r')
+                st = C_SIZE_LF;
+            else if (c == ';')
+                st = C_EXT_SEMI;
+            else if (is_ows(c))
+                st = C_BWS;
+            else
+                goto error;
             i++;
             break;
         case C_SIZE_LF:

@@ -58,8 +58,8 @@ typedef struct http_request {
 } http_request;
 
 typedef struct http_limits {
-    size_t max_head_bytes; /* request line + headers; over it: 431 (0: 8192) */
-    size_t max_target;     /* request-target length; over it: 414 (0: 4096) */
+    size_t max_head_bytes; /* request line + headers; over it: 431 (0: 16384) */
+    size_t max_target;     /* request-target length; over it: 414 (0: 8192) */
 } http_limits;
 
 /* Resumable state; zero it (or http_parser_init) before each request. */

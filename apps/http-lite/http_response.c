@@ -12,6 +12,8 @@ const char *http_reason(int status) {
         return "Continue";
     case 200:
         return "OK";
+    case 204:
+        return "No Content";
     case 304:
         return "Not Modified";
     case 400:
@@ -100,8 +102,9 @@ int http_write_head(http_server *srv, rx_buffer *out, int status, const char *ct
         p = put(p, ctype, clen);
         p = PUT_LIT(p, "\r\n");
     }
-    /* 1xx and 304 carry no body and no Content-Length of their own. */
-    if (status >= 200 && status != 304) {
+    /* 1xx, 204 and 304 carry no body, and a Content-Length in them would be wrong (RFC 9110
+     * §8.6 forbids it in 1xx and 204; in a 304 it would describe the 200 instead). */
+    if (status >= 200 && status != 204 && status != 304) {
         p = PUT_LIT(p, "Content-Length: ");
         p = put_u64(p, content_length);
         p = PUT_LIT(p, "\r\n");
@@ -120,13 +123,15 @@ int http_write_head(http_server *srv, rx_buffer *out, int status, const char *ct
     return 0;
 }
 
-int http_write_error(http_server *srv, rx_buffer *out, int status, int conn_mode,
-                     const char *extra) {
+int http_write_error(http_server *srv, rx_buffer *out, int status, int conn_mode, const char *extra,
+                     bool head_only) {
     const char *reason = http_reason(status);
     size_t n = strlen(reason);
-    if (http_write_head(srv, out, status, "text/plain; charset=utf-8", n + 1, conn_mode, extra) <
-            0 ||
-        rx_buffer_append(out, reason, n) < 0 || rx_buffer_append(out, "\n", 1) < 0)
+    if (http_write_head(srv, out, status, "text/plain; charset=utf-8", n + 1, conn_mode, extra) < 0)
+        return -ENOMEM;
+    if (head_only) /* RFC 9110 §9.3.2: the head GET would get, without the content */
+        return 0;
+    if (rx_buffer_append(out, reason, n) < 0 || rx_buffer_append(out, "\n", 1) < 0)
         return -ENOMEM;
     return 0;
 }

@@ -3,6 +3,7 @@
 #ifndef HTTP_SERVER_H
 #define HTTP_SERVER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -60,16 +61,22 @@ void http_date_refresh(http_server *srv);
 
 /* Appends a status line and the common headers (Server, Date, Content-Length, Content-Type when
  * ctype is non-NULL, Connection per conn_mode, `extra` verbatim when non-NULL), then the blank
- * line. Returns 0 or -ENOMEM. */
+ * line. 1xx, 204 and 304 get no Content-Length (content_length is then ignored). Returns 0, or
+ * -ENOMEM with nothing appended: the caller must then not append a body either. */
 int http_write_head(http_server *srv, rx_buffer *out, int status, const char *ctype,
                     uint64_t content_length, int conn_mode, const char *extra);
 
-/* Appends a complete response with a short text/plain body explaining status. */
-int http_write_error(http_server *srv, rx_buffer *out, int status, int conn_mode,
-                     const char *extra);
+/* Appends a complete response with a short text/plain body explaining status; for a HEAD
+ * request (head_only) the same head, whose Content-Length is that of the body, and no body.
+ * Returns 0 or -ENOMEM; after a failure part of the response may be in `out`, so the caller must
+ * abort the connection. */
+int http_write_error(http_server *srv, rx_buffer *out, int status, int conn_mode, const char *extra,
+                     bool head_only);
 
 /* Static files (http_static.c): answers GET/HEAD of `path` (still percent-encoded) under the
- * root. Returns the status sent. */
+ * root; only regular files are served (anything else, a FIFO or a device, is a 403 and is never
+ * read). Returns the status sent, or a negative errno when the response could not be queued
+ * whole: the caller must then abort the connection, as a head may be queued without its body. */
 int http_serve_static(http_server *srv, rx_conn *c, const char *buf, const http_request *req,
                       int conn_mode);
 

@@ -71,12 +71,29 @@ static void end_request(session *s) {
     http_parser_init(&s->parser, &(http_limits){.max_head_bytes = s->srv->cfg.max_header_bytes});
 }
 
+/* Whether the request at the front of the input is a HEAD. fail() also answers requests the
+ * parser rejected and heads that timed out, for which no parse result can be trusted (the shared
+ * request struct may hold another connection's), so it reads the bytes, after the empty lines the
+ * parser skips. */
+static bool input_is_head(session *s) {
+    rx_buffer *in = rx_conn_input(s->conn);
+    const char *b = rx_buffer_peek(in);
+    size_t n = rx_buffer_len(in), i = 0;
+    while (i + 2 <= n && b[i] == '\r' && b[i + 1] == '\n')
+        i += 2;
+    return n - i >= 5 && memcmp(b + i, "HEAD ", 5) == 0;
+}
+
 /* Answers with an error and closes: after a malformed request the stream cannot be trusted. */
 static void fail(session *s, int status, const char *extra) {
-    http_write_error(s->srv, rx_conn_output(s->conn), status, HTTP_CONN_CLOSE, extra);
+    int rc = http_write_error(s->srv, rx_conn_output(s->conn), status, HTTP_CONN_CLOSE, extra,
+                              input_is_head(s));
     s->srv->stats.requests++;
     end_request(s);
-    rx_conn_close(s->conn);
+    if (rc < 0)
+        rx_conn_abort(s->conn); /* part of the answer may be queued: send none of it */
+    else
+        rx_conn_close(s->conn);
 }
 
 static bool path_is(const char *buf, const http_request *req, const char *path) {
@@ -84,16 +101,26 @@ static bool path_is(const char *buf, const http_request *req, const char *path) 
     return req->path.len == n && memcmp(buf + req->path.off, path, n) == 0;
 }
 
+/* The methods rx-http recognises: one a route does not take is a 405 with Allow (RFC 9110
+ * §15.5.6). Any other is a 501, TRACE and CONNECT included: rx-http neither reflects requests nor
+ * opens tunnels, on any resource (§15.6.2). */
 static bool method_known(http_method m) {
-    return m == HTTP_M_GET || m == HTTP_M_HEAD || m == HTTP_M_POST;
+    return m == HTTP_M_GET || m == HTTP_M_HEAD || m == HTTP_M_POST || m == HTTP_M_OPTIONS ||
+           m == HTTP_M_PUT || m == HTTP_M_DELETE || m == HTTP_M_PATCH;
 }
 
+/* For OPTIONS *: every method some route takes. */
+#define ALLOW_ANY "Allow: GET, HEAD, POST, OPTIONS\r\n"
+
 static const char *allow_for(const char *buf, const http_request *req) {
-    return path_is(buf, req, "/echo") ? "Allow: POST\r\n" : "Allow: GET, HEAD\r\n";
+    return path_is(buf, req, "/echo") ? "Allow: POST, OPTIONS\r\n"
+                                      : "Allow: GET, HEAD, OPTIONS\r\n";
 }
 
 /* Whether the method is one this path answers (else 405 with allow_for). */
 static bool method_allowed(const char *buf, const http_request *req) {
+    if (req->method == HTTP_M_OPTIONS)
+        return true;
     if (path_is(buf, req, "/echo"))
         return req->method == HTTP_M_POST;
     return req->method == HTTP_M_GET || req->method == HTTP_M_HEAD;
@@ -111,16 +138,28 @@ static int early_status(const http_server *srv, const char *buf, const http_requ
     return 0;
 }
 
-static void respond_fixed(session *s, const http_request *req, int keep_alive, const char *ctype,
-                          const char *body) {
+/* The respond_* helpers return 0, or -ENOMEM when the response could not be queued whole. */
+
+static int respond_fixed(session *s, const http_request *req, int keep_alive, const char *ctype,
+                         const char *body) {
     rx_buffer *out = rx_conn_output(s->conn);
     size_t n = strlen(body);
-    http_write_head(s->srv, out, 200, ctype, n, keep_alive, NULL);
-    if (req->method != HTTP_M_HEAD)
-        rx_buffer_append(out, body, n);
+    int rc = http_write_head(s->srv, out, 200, ctype, n, keep_alive, NULL);
+    if (rc == 0 && req->method != HTTP_M_HEAD)
+        rc = rx_buffer_append(out, body, n);
+    return rc;
 }
 
-static void respond_stats(session *s, const http_request *req, int keep_alive) {
+/* OPTIONS * asks about the server (200, empty content); OPTIONS on a path about its route (204).
+ * A static path is not looked up: answering about methods needs no file I/O. */
+static int respond_options(session *s, const char *buf, const http_request *req, int keep_alive) {
+    rx_buffer *out = rx_conn_output(s->conn);
+    if (path_is(buf, req, "*"))
+        return http_write_head(s->srv, out, 200, NULL, 0, keep_alive, ALLOW_ANY);
+    return http_write_head(s->srv, out, 204, NULL, 0, keep_alive, allow_for(buf, req));
+}
+
+static int respond_stats(session *s, const http_request *req, int keep_alive) {
     const http_stats *st = &s->srv->stats;
     char body[512];
     int n = snprintf(
@@ -131,11 +170,11 @@ static void respond_stats(session *s, const http_request *req, int keep_alive) {
         st->conns_open, st->conns_total, st->requests, st->bytes_in, st->bytes_out, st->by_class[1],
         st->by_class[2], st->by_class[3], st->by_class[4], st->by_class[5]);
     (void)n;
-    respond_fixed(s, req, keep_alive, "application/json", body);
+    return respond_fixed(s, req, keep_alive, "application/json", body);
 }
 
-static void respond_echo(session *s, const char *buf, const http_request *req, const char *body,
-                         size_t len, int keep_alive) {
+static int respond_echo(session *s, const char *buf, const http_request *req, const char *body,
+                        size_t len, int keep_alive) {
     rx_buffer *out = rx_conn_output(s->conn);
     const char *ctype = "application/octet-stream";
     char ct[128];
@@ -147,8 +186,8 @@ static void respond_echo(session *s, const char *buf, const http_request *req, c
             ctype = ct;
         }
     }
-    http_write_head(s->srv, out, 200, ctype, len, keep_alive, NULL);
-    rx_buffer_append(out, body, len);
+    int rc = http_write_head(s->srv, out, 200, ctype, len, keep_alive, NULL);
+    return rc < 0 ? rc : rx_buffer_append(out, body, len);
 }
 
 /* One access-log line: peer, request line, status and body length of the response. */
@@ -171,20 +210,28 @@ static void route(session *s, const char *buf, const http_request *req, const ch
              : req->version_minor == 0 ? HTTP_CONN_KEEP_10
                                        : HTTP_CONN_KEEP;
     srv->stats.requests++;
+    bool head = req->method == HTTP_M_HEAD;
+    int rc;
     if (!method_known(req->method))
-        http_write_error(srv, out, 501, ka, NULL);
+        rc = http_write_error(srv, out, 501, ka, NULL, head);
     else if (!method_allowed(buf, req))
-        http_write_error(srv, out, 405, ka, allow_for(buf, req));
+        rc = http_write_error(srv, out, 405, ka, allow_for(buf, req), head);
+    else if (req->method == HTTP_M_OPTIONS)
+        rc = respond_options(s, buf, req, ka);
     else if (path_is(buf, req, "/plaintext"))
-        respond_fixed(s, req, ka, "text/plain", "Hello, World!");
+        rc = respond_fixed(s, req, ka, "text/plain", "Hello, World!");
     else if (path_is(buf, req, "/json"))
-        respond_fixed(s, req, ka, "application/json", "{\"message\":\"Hello, World!\"}");
+        rc = respond_fixed(s, req, ka, "application/json", "{\"message\":\"Hello, World!\"}");
     else if (path_is(buf, req, "/echo"))
-        respond_echo(s, buf, req, body, body_len, ka);
+        rc = respond_echo(s, buf, req, body, body_len, ka);
     else if (path_is(buf, req, "/stats"))
-        respond_stats(s, req, ka);
+        rc = respond_stats(s, req, ka);
     else
-        http_serve_static(srv, s->conn, buf, req, ka);
+        rc = http_serve_static(srv, s->conn, buf, req, ka);
+    if (rc < 0) { /* a head may be queued without its body: the client must not see it */
+        rx_conn_abort(s->conn);
+        return;
+    }
     if (srv->log)
         log_request(s, buf, req);
     if (!srv->cfg.batch) /* --tune no-batch: one write per response instead of per read */
@@ -264,7 +311,10 @@ static bool step(session *s, rx_buffer *in) {
 need_body:
     if (req->expect_continue && !s->sent_continue) {
         rx_buffer *out = rx_conn_output(s->conn);
-        rx_buffer_append(out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        if (rx_buffer_append(out, "HTTP/1.1 100 Continue\r\n\r\n", 25) < 0) {
+            rx_conn_abort(s->conn); /* out of memory: the client would hold its body back */
+            return false;
+        }
         srv->stats.by_class[1]++;
         s->sent_continue = true;
     }

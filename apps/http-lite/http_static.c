@@ -1,6 +1,6 @@
 /* Static files beneath --root: percent-decoding, refusal of dot segments, openat2 with
  * RESOLVE_BENEATH so neither ".." nor a symlink can leave the root, index.html for directories,
- * Last-Modified / If-Modified-Since, and bodies sent with sendfile. */
+ * only regular files served, Last-Modified / If-Modified-Since, and bodies sent with sendfile. */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
@@ -59,7 +59,8 @@ static int hexval(char c) {
 
 /* Decodes the URL path into a relative file path ("a/b.html", "." for the root). Returns 0, or
  * the status to answer: 400 for a bad escape or NUL, 403 for a "." or ".." segment (also when
- * spelled with %2e), 414 when it does not fit. */
+ * spelled with %2e), 404 when it does not fit in cap (PATH_MAX): no file has such a name, and the
+ * parser has already accepted the target's length. */
 static int decode_path(const char *p, size_t n, char *out, size_t cap) {
     size_t o = 0, seg = 0;
     for (size_t i = 0; i <= n; i++) {
@@ -79,7 +80,7 @@ static int decode_path(const char *p, size_t n, char *out, size_t cap) {
         }
         if (ch != '/') {
             if (o + 2 >= cap)
-                return 414;
+                return 404;
             out[o++] = ch;
             continue;
         }
@@ -99,9 +100,12 @@ static int decode_path(const char *p, size_t n, char *out, size_t cap) {
     return 0;
 }
 
+/* O_NONBLOCK: opening a FIFO without a writer (or some devices) would block the loop; the open
+ * returns at once and the caller refuses what is not a regular file. It changes nothing for
+ * reading a regular file. O_NOCTTY: a terminal under the root must not become ours. */
 static int open_beneath(int dirfd, const char *path) {
     struct open_how how = {
-        .flags = O_RDONLY | O_CLOEXEC,
+        .flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
         .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
     };
     long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
@@ -145,18 +149,19 @@ static bool not_modified(const char *buf, const http_request *req, time_t mtime)
 }
 
 /* The file read into the output buffer, as a server without sendfile would: one more copy through
- * user space. A read error aborts the connection, since the head promised the length. */
-static void copy_body(rx_conn *c, int fd, size_t size) {
+ * user space. Closes fd. Returns 0, or a negative errno when the body could not be read whole (the
+ * head already promised its length). */
+static int copy_body(rx_conn *c, int fd, size_t size) {
     rx_buffer *out = rx_conn_output(c);
-    ssize_t n = -1;
-    if (rx_buffer_reserve(out, size) == 0)
-        n = pread(fd, rx_buffer_tail(out), size, 0);
-    close(fd);
-    if (n != (ssize_t)size) {
-        rx_conn_abort(c);
-        return;
+    int rc = rx_buffer_reserve(out, size);
+    if (rc == 0) {
+        ssize_t n = pread(fd, rx_buffer_tail(out), size, 0);
+        rc = n < 0 ? -errno : n != (ssize_t)size ? -EIO : 0;
     }
-    rx_buffer_commit(out, size);
+    close(fd);
+    if (rc == 0)
+        rx_buffer_commit(out, size);
+    return rc;
 }
 
 int http_serve_static(http_server *srv, rx_conn *c, const char *buf, const http_request *req,
@@ -180,26 +185,27 @@ int http_serve_static(http_server *srv, rx_conn *c, const char *buf, const http_
         else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
             status = 403;
     }
+    bool head = req->method == HTTP_M_HEAD;
     if (status != 0) {
         if (fd >= 0)
             close(fd);
-        http_write_error(srv, out, status, conn_mode, NULL);
-        return status;
+        int rc = http_write_error(srv, out, status, conn_mode, NULL, head);
+        return rc < 0 ? rc : status;
     }
     char extra[80] = "Last-Modified: ";
     http_time(st.st_mtime, extra + 15, sizeof(extra) - 18);
     strcat(extra, "\r\n");
     if (not_modified(buf, req, st.st_mtime)) {
         close(fd);
-        http_write_head(srv, out, 304, NULL, 0, conn_mode, extra);
-        return 304;
+        int rc = http_write_head(srv, out, 304, NULL, 0, conn_mode, extra);
+        return rc < 0 ? rc : 304;
     }
-    http_write_head(srv, out, 200, mime_for(rel), (uint64_t)st.st_size, conn_mode, extra);
-    if (req->method == HTTP_M_HEAD || st.st_size == 0)
+    int rc = http_write_head(srv, out, 200, mime_for(rel), (uint64_t)st.st_size, conn_mode, extra);
+    if (rc < 0 || head || st.st_size == 0)
         close(fd);
     else if (srv->cfg.sendfile)
-        rx_conn_sendfile(c, fd, 0, (size_t)st.st_size);
+        rc = rx_conn_sendfile(c, fd, 0, (size_t)st.st_size); /* closes fd, also on failure */
     else
-        copy_body(c, fd, (size_t)st.st_size); /* --tune no-sendfile */
-    return 200;
+        rc = copy_body(c, fd, (size_t)st.st_size); /* --tune no-sendfile */
+    return rc < 0 ? rc : 200;
 }

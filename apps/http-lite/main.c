@@ -25,7 +25,7 @@ static void usage(FILE *out) {
             "(default 30, 0: never)\n"
             "  --header-timeout S       408 when a request head takes longer (default 10, 0: "
             "never)\n"
-            "  --max-header-bytes N     431 beyond this request head size (default 8192)\n"
+            "  --max-header-bytes N     431 beyond this request head size (default 16384)\n"
             "  --max-body-bytes N       413 beyond this body size (default 1048576)\n"
             "  --max-conns N            close connections beyond N at once (default: no limit)\n"
             "  --access-log FILE|-      one line per request (default: none)\n"
@@ -158,7 +158,7 @@ int main(int argc, char **argv) {
         .root = RX_HTTP_DEFAULT_ROOT,
         .idle_timeout_ms = 30000,
         .header_timeout_ms = 10000,
-        .max_header_bytes = 8192,
+        .max_header_bytes = 16384,
         .max_body_bytes = 1024 * 1024,
         .backpressure = true,
         .batch = true,
