@@ -276,6 +276,109 @@ START_TEST(test_reserve_compacts) {
 }
 END_TEST
 
+/* Appends n bytes and returns how many bytes of old data that append moved: all of them when the
+ * data now sits elsewhere (a compaction, or a reallocation that could not grow in place). */
+static size_t append_moved(rx_buffer *b, const char *src, size_t n) {
+    char *data = b->data;
+    size_t start = b->start, len = rx_buffer_len(b);
+    ck_assert_int_eq(rx_buffer_append(b, src, n), 0);
+    return (b->data != data || b->start != start) ? len : 0;
+}
+
+START_TEST(test_fifo_nearly_full_grows) {
+    /* A FIFO kept ~90% full: compaction is refused (more than half full), so the buffer must grow
+     * instead of moving ~90% of its bytes each time the tail reaches the end. */
+    rx_sys.realloc = count_realloc;
+    n_realloc = 0;
+    rx_buffer b = RX_BUFFER_INIT;
+    char chunk[64];
+    memset(chunk, 'q', sizeof chunk);
+    size_t moved = 0, appended = 0;
+    while (rx_buffer_len(&b) < 3600) {
+        moved += append_moved(&b, chunk, sizeof chunk);
+        appended += sizeof chunk;
+    }
+    size_t cap0 = b.cap;
+    ck_assert_uint_eq(cap0, 4096);
+    ck_assert_uint_ge(rx_buffer_len(&b) * 10, cap0 * 8); /* > 80% full */
+    int realloc0 = n_realloc;
+    moved = appended = 0;
+    for (int round = 0; round < 20000; round++) {
+        moved += append_moved(&b, chunk, sizeof chunk);
+        appended += sizeof chunk;
+        rx_buffer_consume(&b, sizeof chunk);
+    }
+    ck_assert_msg(b.cap > cap0, "capacity stayed %zu", b.cap);
+    ck_assert_uint_le(b.cap, 2 * cap0);
+    ck_assert_int_le(n_realloc - realloc0, 1);
+    /* At most half full after the growth: a compaction moves at most as many bytes as the free
+     * space it recovers, so the copying stays below the bytes appended. */
+    ck_assert_msg(moved <= appended, "moved %zu bytes for %zu appended", moved, appended);
+    for (size_t i = 0; i < rx_buffer_len(&b); i++)
+        ck_assert_int_eq(rx_buffer_peek(&b)[i], 'q');
+    rx_buffer_free(&b);
+}
+END_TEST
+
+START_TEST(test_fifo_half_full_compacts) {
+    /* Kept at most half full, the same FIFO never grows: room comes from compaction. */
+    rx_sys.realloc = count_realloc;
+    rx_buffer b = RX_BUFFER_INIT;
+    char chunk[64];
+    memset(chunk, 'h', sizeof chunk);
+    while (rx_buffer_len(&b) < 3000)
+        append_str(&b, "0123456789abcdef");
+    rx_buffer_consume(&b, rx_buffer_len(&b) - 1600); /* 1600 of 4096: under half */
+    size_t cap0 = b.cap;
+    char *data0 = b.data;
+    ck_assert_uint_eq(cap0, 4096);
+    n_realloc = 0;
+    size_t moved = 0, appended = 0;
+    for (int round = 0; round < 20000; round++) {
+        moved += append_moved(&b, chunk, sizeof chunk);
+        appended += sizeof chunk;
+        rx_buffer_consume(&b, sizeof chunk);
+    }
+    ck_assert_uint_eq(b.cap, cap0);
+    ck_assert_ptr_eq(b.data, data0);
+    ck_assert_int_eq(n_realloc, 0);
+    ck_assert_uint_gt(moved, 0); /* it did compact */
+    ck_assert_uint_le(moved, appended);
+    rx_buffer_free(&b);
+}
+END_TEST
+
+START_TEST(test_growth_sizes) {
+    /* The documented sizes: the first block is the smallest of 256, 512, ... that fits; a growth
+     * at least doubles, to the smallest cap * 2^k that fits. */
+    rx_buffer b = RX_BUFFER_INIT;
+    append_str(&b, "x");
+    ck_assert_uint_eq(b.cap, 256);
+    rx_buffer_free(&b);
+    ck_assert_int_eq(rx_buffer_reserve(&b, 300), 0);
+    ck_assert_uint_eq(b.cap, 512);
+    ck_assert_int_eq(rx_buffer_reserve(&b, 512 - H + 1), 0);
+    ck_assert_uint_eq(b.cap, 1024);
+    ck_assert_int_eq(rx_buffer_reserve(&b, 5000), 0);
+    ck_assert_uint_eq(b.cap, 8192);
+    rx_buffer_free(&b);
+
+    /* More than half full, with enough room in total: grows to twice the size, no compaction. */
+    char blob[200];
+    memset(blob, 'b', sizeof blob);
+    ck_assert_int_eq(rx_buffer_append(&b, blob, sizeof blob), 0);
+    ck_assert_uint_eq(b.cap, 256);
+    rx_buffer_consume(&b, 40); /* 160 bytes left: more than half of 256 */
+    size_t want = rx_buffer_writable(&b) + 10;
+    ck_assert_uint_le(H + rx_buffer_len(&b) + want, b.cap); /* compaction would free enough */
+    ck_assert_int_eq(rx_buffer_reserve(&b, want), 0);
+    ck_assert_uint_eq(b.cap, 512);
+    ck_assert_uint_eq(b.start, H);
+    assert_content(&b, blob, 160);
+    rx_buffer_free(&b);
+}
+END_TEST
+
 START_TEST(test_geometric_growth) {
     rx_sys.realloc = count_realloc;
     n_realloc = 0;
@@ -1057,6 +1160,9 @@ static Suite *buffer_suite(void) {
     tcase_add_test(tc, test_grow_after_prepend);
     tcase_add_test(tc, test_consume);
     tcase_add_test(tc, test_reserve_compacts);
+    tcase_add_test(tc, test_fifo_nearly_full_grows);
+    tcase_add_test(tc, test_fifo_half_full_compacts);
+    tcase_add_test(tc, test_growth_sizes);
     tcase_add_test(tc, test_geometric_growth);
     tcase_add_test(tc, test_overflow);
     tcase_add_test(tc, test_enomem_unchanged);

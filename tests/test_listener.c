@@ -1,5 +1,6 @@
-/* Tests for rx_addr (parse/format) and rx_listener: binding, batches, pause/resume, freeing from
- * the callback, accept errors injected through rx_sys, and EMFILE survival in a forked child. */
+/* Tests for rx_addr (parse/format) and rx_listener: binding, batches, pause/resume (also during an
+ * error back-off), freeing from the callback, accept errors injected through rx_sys, the on_shed
+ * callback, and EMFILE survival in a forked child. */
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>
@@ -32,6 +33,10 @@ struct acc {
     bool pause_in_cb;
     int want; /* done once n reaches it */
     bool done;
+    int sheds;                    /* on_shed calls */
+    unsigned long long shed_seen; /* rx_listener_shed at the last on_shed call */
+    bool free_in_shed;
+    bool pause_in_shed;
 };
 
 static void acc_cb(rx_listener *l, int fd, const rx_addr *peer, void *arg) {
@@ -47,6 +52,18 @@ static void acc_cb(rx_listener *l, int fd, const rx_addr *peer, void *arg) {
     if (a->pause_in_cb)
         rx_listener_pause(l);
     if (a->free_in_cb)
+        rx_listener_free(l);
+}
+
+static void shed_cb(rx_listener *l, void *arg) {
+    struct acc *a = arg;
+    if (a->l)
+        ck_assert_ptr_eq(l, a->l);
+    a->sheds++;
+    a->shed_seen = rx_listener_shed(l);
+    if (a->pause_in_shed)
+        rx_listener_pause(l);
+    if (a->free_in_shed)
         rx_listener_free(l);
 }
 
@@ -85,8 +102,8 @@ static void run_until(rx_loop *loop, struct acc *a, int want, int max_ms) {
     ck_assert_msg(tu_run_until(loop, &a->done, max_ms), "accepted %d of %d", a->n, want);
 }
 
-/* accept4 fault injection: the first inj_n calls fail with inj_errs[i]; with inj_forever every
- * call fails with inj_forever_err. */
+/* accept4 fault injection: the first inj_n calls fail with inj_errs[i] (0: a real call); with
+ * inj_forever every call fails with inj_forever_err. */
 static int accept_calls;
 static int inj_errs[8];
 static int inj_n, inj_pos;
@@ -98,8 +115,8 @@ static int inject_accept4(int fd, struct sockaddr *addr, socklen_t *len, int fla
         errno = inj_forever_err;
         return -1;
     }
-    if (inj_pos < inj_n) {
-        errno = inj_errs[inj_pos++];
+    if (inj_pos < inj_n && inj_errs[inj_pos++] != 0) {
+        errno = inj_errs[inj_pos - 1];
         return -1;
     }
     return accept4(fd, addr, len, flags);
@@ -737,7 +754,8 @@ START_TEST(test_accept_enomem_retry) {
     ck_assert_uint_eq(rx_listener_accepted(l), 1);
     ck_assert_uint_eq(rx_listener_shed(l), 0);
 
-    /* pause() during the back-off stops the timer: nothing happens until resume(). */
+    /* pause() during the back-off: nothing is accepted until resume(), even after the retry timer
+     * has fired meanwhile; resume() after the back-off ended accepts at once. */
     inject(enomem, 1);
     int c2 = connect_to(rx_listener_addr(l));
     ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
@@ -746,6 +764,56 @@ START_TEST(test_accept_enomem_retry) {
     while (tu_now_ms() < end)
         ck_assert_int_eq(rx_loop_run_once(loop, 20), 0);
     ck_assert_int_eq(a.n, 1);
+    rx_listener_resume(l);
+    run_until(loop, &a, 2, 2000);
+
+    rx_sys_reset();
+    close(c);
+    close(c2);
+    acc_close_all(&a);
+    rx_listener_free(l);
+    rx_loop_free(loop);
+}
+END_TEST
+
+START_TEST(test_pause_resume_keeps_backoff) {
+    /* Pause and back-off are independent: pause + resume during an error back-off does not cut it
+     * short, and the retry timer resumes accepting by itself afterwards. */
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    struct acc a = {0};
+    rx_listener_opts o = {.retry_ms = 200};
+    rx_listener *l = listen_ok(loop, "127.0.0.1:0", &o, &a);
+    int c = connect_to(rx_listener_addr(l));
+    static const int enobufs[] = {ENOBUFS};
+    inject(enobufs, 1);
+    unsigned long long t0 = tu_now_ms();
+    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
+    ck_assert_int_eq(accept_calls, 1);
+    rx_listener_pause(l);
+    rx_listener_resume(l);
+    /* Well inside the back-off: no accept4 at all. */
+    while (tu_now_ms() - t0 < 120)
+        ck_assert_int_ge(rx_loop_run_once(loop, 10), 0);
+    ck_assert_msg(accept_calls == 1, "accept4 called %d times during the back-off", accept_calls);
+    ck_assert_int_eq(a.n, 0);
+    /* Paused and resumed twice more: still nothing early, and no second timer. */
+    rx_listener_pause(l);
+    rx_listener_resume(l);
+    rx_listener_resume(l);
+    run_until(loop, &a, 1, 2000);
+    ck_assert_uint_ge(tu_now_ms() - t0, 190);
+    ck_assert_int_eq(accept_calls, 3); /* ENOBUFS, the connection, EAGAIN */
+
+    /* Still paused when the back-off ends: the timer does not resume a paused listener. */
+    inject(enobufs, 1);
+    int c2 = connect_to(rx_listener_addr(l));
+    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
+    rx_listener_pause(l);
+    unsigned long long end = tu_now_ms() + 300;
+    while (tu_now_ms() < end)
+        ck_assert_int_eq(rx_loop_run_once(loop, 20), 0);
+    ck_assert_int_eq(accept_calls, 1);
     rx_listener_resume(l);
     run_until(loop, &a, 2, 2000);
 
@@ -784,6 +852,103 @@ START_TEST(test_emfile_sheds_with_spare) {
     ck_assert(fd_readable(c2, 1000));
     ck_assert_int_eq(read(c2, &ch, 1), 1);
     ck_assert_int_eq(ch, 'k');
+    close(c1);
+    close(c2);
+    acc_close_all(&a);
+    rx_listener_free(l);
+    rx_loop_free(loop);
+}
+END_TEST
+
+START_TEST(test_on_shed_called_per_shed) {
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    struct acc a = {0};
+    rx_listener_opts o = {.on_shed = shed_cb};
+    rx_listener *l = listen_ok(loop, "127.0.0.1:0", &o, &a);
+    enum { N = 4 };
+    int c[N];
+    for (int i = 0; i < N; i++)
+        c[i] = connect_to(rx_listener_addr(l));
+    int fds = count_fds();
+    /* EMFILE three times, each followed by the shedding's own (real) accept4: three connections
+     * shed through the spare, the fourth kept. */
+    static const int emfile[] = {EMFILE, 0, EMFILE, 0, EMFILE};
+    inject(emfile, 5);
+    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
+    rx_sys_reset();
+    ck_assert_uint_eq(rx_listener_shed(l), 3);
+    ck_assert_int_eq(a.sheds, 3);
+    ck_assert_uint_eq(a.shed_seen, 3); /* called after the counter moved */
+    ck_assert_int_eq(a.n, 1);
+    ck_assert_int_eq(count_fds(), fds + 1);
+
+    /* EMFILE whose shedding finds the backlog empty, or the queued peer gone: nothing was shed,
+     * nothing is called. */
+    static const int unshed[] = {EMFILE, EAGAIN, EMFILE, ECONNABORTED};
+    inject(unshed, 4);
+    int c5 = connect_to(rx_listener_addr(l));
+    run_until(loop, &a, 2, 2000);
+    ck_assert_int_ge(inj_pos, 4);
+    rx_sys_reset();
+    ck_assert_int_eq(a.sheds, 3);
+    ck_assert_uint_eq(rx_listener_shed(l), 3);
+
+    for (int i = 0; i < N; i++)
+        close(c[i]);
+    close(c5);
+    acc_close_all(&a);
+    rx_listener_free(l);
+    rx_loop_free(loop);
+}
+END_TEST
+
+START_TEST(test_on_shed_free_in_callback) {
+    /* on_shed may free the listener: the accept loop stops and nothing leaks. */
+    int fds = count_fds();
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    struct acc a = {.free_in_shed = true};
+    rx_listener_opts o = {.on_shed = shed_cb};
+    rx_listener *l = listen_ok(loop, "127.0.0.1:0", &o, &a);
+    int c1 = connect_to(rx_listener_addr(l));
+    int c2 = connect_to(rx_listener_addr(l));
+    static const int emfile[] = {EMFILE, 0, EMFILE};
+    inject(emfile, 3);
+    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
+    ck_assert_int_eq(a.sheds, 1);
+    ck_assert_int_eq(accept_calls, 2); /* EMFILE, the shed connection; then it stopped */
+    ck_assert_int_eq(a.n, 0);
+    rx_sys_reset();
+    rx_loop_free(loop);
+    close(c1);
+    close(c2);
+    ck_assert_int_eq(count_fds(), fds);
+}
+END_TEST
+
+START_TEST(test_on_shed_pause_in_callback) {
+    /* on_shed may pause the listener: the batch stops there, and resume() carries on. */
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    struct acc a = {.pause_in_shed = true};
+    rx_listener_opts o = {.on_shed = shed_cb};
+    rx_listener *l = listen_ok(loop, "127.0.0.1:0", &o, &a);
+    int c1 = connect_to(rx_listener_addr(l));
+    int c2 = connect_to(rx_listener_addr(l));
+    static const int emfile[] = {EMFILE, 0};
+    inject(emfile, 2);
+    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
+    ck_assert_int_eq(a.sheds, 1);
+    ck_assert_int_eq(accept_calls, 2);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(rx_loop_run_once(loop, 10), 0);
+    ck_assert_int_eq(a.n, 0);
+    ck_assert_int_eq(accept_calls, 2);
+    rx_sys_reset();
+    rx_listener_resume(l);
+    run_until(loop, &a, 1, 2000);
+    ck_assert_uint_eq(rx_listener_shed(l), 1);
     close(c1);
     close(c2);
     acc_close_all(&a);
@@ -847,12 +1012,19 @@ static const char *const child_errors[] = {
     [10] = "loop spun while out of fds (iterations)",
     [11] = "no new connection accepted after fds were freed",
     [12] = "wave 2 not fully handled in time",
+    [13] = "on_shed calls differ from rx_listener_shed",
 };
 
 struct keep {
     int n;
     int fds[CHILD_WAVE1 + CHILD_WAVE2];
+    unsigned long long sheds; /* on_shed calls */
 };
+
+static void keep_shed(rx_listener *l, void *arg) {
+    (void)l;
+    ((struct keep *)arg)->sheds++;
+}
 
 static void keep_cb(rx_listener *l, int fd, const rx_addr *peer, void *arg) {
     (void)l;
@@ -924,6 +1096,8 @@ static int emfile_child_body(int up, int down, rx_loop *loop, rx_listener *l, st
         return 6;
     if (rx_listener_accepted(l) == 0 || rx_listener_accepted(l) != (unsigned long long)k->n)
         return 7;
+    if (k->sheds != rx_listener_shed(l))
+        return 13;
 
     /* Wave 2 while no fd at all can be had (the limit is below every open fd): shedding fails,
      * the listener pauses and retries on its timer; the clients wait in the backlog. */
@@ -955,6 +1129,8 @@ static int emfile_child_body(int up, int down, rx_loop *loop, rx_listener *l, st
         return 12;
     if (rx_listener_accepted(l) - acc0 != 5)
         return 11;
+    if (k->sheds != rx_listener_shed(l))
+        return 13;
     return 0;
 }
 
@@ -964,7 +1140,7 @@ static int emfile_child(int up, int down) {
     if (!loop)
         return 1;
     struct keep k = {0};
-    rx_listener_opts o = {.retry_ms = 20};
+    rx_listener_opts o = {.retry_ms = 20, .on_shed = keep_shed};
     rx_listener *l = rx_listener_new(loop, "127.0.0.1:0", &o, keep_cb, &k);
     if (!l) {
         rx_loop_free(loop);
@@ -1058,7 +1234,11 @@ static Suite *listener_suite(void) {
     tcase_add_test(tc, test_new_enomem);
     tcase_add_test(tc, test_accept_skips_transient_errors);
     tcase_add_test(tc, test_accept_enomem_retry);
+    tcase_add_test(tc, test_pause_resume_keeps_backoff);
     tcase_add_test(tc, test_emfile_sheds_with_spare);
+    tcase_add_test(tc, test_on_shed_called_per_shed);
+    tcase_add_test(tc, test_on_shed_free_in_callback);
+    tcase_add_test(tc, test_on_shed_pause_in_callback);
     tcase_add_test(tc, test_emfile_no_spin);
     tcase_add_test(tc, test_emfile_survival);
     suite_add_tcase(s, tc);

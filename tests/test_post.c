@@ -1,4 +1,5 @@
-/* Tests for rx_loop_post: ordering, passes, cross-thread posting and wake-ups, ENOMEM. */
+/* Tests for rx_loop_post: ordering, passes, cross-thread posting and wake-ups, ENOMEM, and
+ * rx_loop_post_drop's drop callback for tasks rx_loop_free discards. */
 #include <check.h>
 #include <errno.h>
 #include <pthread.h>
@@ -362,6 +363,138 @@ START_TEST(test_post_enomem) {
 }
 END_TEST
 
+/* ---- rx_loop_post_drop ---- */
+
+struct owned {
+    int *ran;     /* fn calls, shared by the tasks of one test */
+    int *dropped; /* drop calls */
+};
+
+static struct owned *owned_new(int *ran, int *dropped) {
+    struct owned *o = malloc(sizeof(*o));
+    ck_assert_ptr_nonnull(o);
+    o->ran = ran;
+    o->dropped = dropped;
+    return o;
+}
+
+/* fn and drop both own the argument: whichever runs frees it, so a leak or a double call shows
+ * under ASan/valgrind as well as in the counters. */
+static void owned_run(void *arg) {
+    struct owned *o = arg;
+    ++*o->ran;
+    free(o);
+}
+
+static void owned_drop(void *arg) {
+    struct owned *o = arg;
+    ++*o->dropped;
+    free(o);
+}
+
+START_TEST(test_post_drop_never_run) {
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    int ran = 0, dropped = 0, plain = 0;
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(rx_loop_post_drop(loop, owned_run, owned_drop, owned_new(&ran, &dropped)),
+                         0);
+    ck_assert_int_eq(rx_loop_post(loop, count_task, &plain), 0); /* dropped silently */
+    ck_assert_int_eq(dropped, 0);
+    rx_loop_free(loop);
+    ck_assert_int_eq(ran, 0);
+    ck_assert_int_eq(dropped, 3);
+    ck_assert_int_eq(plain, 0);
+}
+END_TEST
+
+START_TEST(test_post_drop_after_run) {
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    int ran = 0, dropped = 0;
+    ck_assert_int_eq(rx_loop_post_drop(loop, owned_run, owned_drop, owned_new(&ran, &dropped)), 0);
+    ck_assert_int_ge(rx_loop_run_once(loop, 0), 0);
+    ck_assert_int_eq(ran, 1);
+    /* One that ran, one that did not: only the second is dropped. */
+    ck_assert_int_eq(rx_loop_post_drop(loop, owned_run, owned_drop, owned_new(&ran, &dropped)), 0);
+    rx_loop_free(loop);
+    ck_assert_int_eq(ran, 1);
+    ck_assert_int_eq(dropped, 1);
+}
+END_TEST
+
+struct chain {
+    rx_loop *loop;
+    int *ran, *dropped;
+};
+
+/* A task that posts its follower while running: the follower, queued for the next pass, is
+ * dropped when the loop is freed first. */
+static void chain_run(void *arg) {
+    struct chain *c = arg;
+    ck_assert_int_eq(
+        rx_loop_post_drop(c->loop, owned_run, owned_drop, owned_new(c->ran, c->dropped)), 0);
+}
+
+START_TEST(test_post_drop_posted_by_task) {
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    int ran = 0, dropped = 0;
+    struct chain c = {loop, &ran, &dropped};
+    ck_assert_int_eq(rx_loop_post(loop, chain_run, &c), 0);
+    ck_assert_int_ge(rx_loop_run_once(loop, 0), 0);
+    rx_loop_free(loop);
+    ck_assert_int_eq(ran, 0);
+    ck_assert_int_eq(dropped, 1);
+}
+END_TEST
+
+static void repost_drop(void *arg) {
+    struct chain *c = arg;
+    ++*c->dropped;
+    /* Hands its work on by posting again while the loop is being freed: dropped in turn. */
+    ck_assert_int_eq(
+        rx_loop_post_drop(c->loop, owned_run, owned_drop, owned_new(c->ran, c->dropped)), 0);
+}
+
+START_TEST(test_post_drop_reposting_drop) {
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    int ran = 0, dropped = 0;
+    struct chain c = {loop, &ran, &dropped};
+    ck_assert_int_eq(rx_loop_post_drop(loop, chain_run, repost_drop, &c), 0);
+    rx_loop_free(loop);
+    ck_assert_int_eq(ran, 0);
+    ck_assert_int_eq(dropped, 2);
+}
+END_TEST
+
+START_TEST(test_post_drop_errors) {
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    int ran = 0, dropped = 0;
+    ck_assert_int_eq(rx_loop_post_drop(loop, NULL, owned_drop, &ran), -EINVAL);
+    ck_assert_int_eq(rx_loop_post(loop, NULL, &ran), -EINVAL);
+    /* On -ENOMEM nothing was queued: drop is not called, the caller still owns arg. */
+    rx_sys.malloc = tu_fail_malloc;
+    rx_sys.calloc = tu_fail_calloc;
+    rx_sys.realloc = tu_fail_realloc;
+    struct owned *o = owned_new(&ran, &dropped);
+    int rc = rx_loop_post_drop(loop, owned_run, owned_drop, o);
+    rx_sys_reset();
+    ck_assert_int_eq(rc, -ENOMEM);
+    /* A NULL drop behaves like rx_loop_post. */
+    ck_assert_int_eq(rx_loop_post_drop(loop, count_task, NULL, &ran), 0);
+    rx_loop_run_once(loop, 0);
+    ck_assert_int_eq(ran, 1);
+    ck_assert_int_eq(rx_loop_post_drop(loop, count_task, NULL, &ran), 0);
+    rx_loop_free(loop);
+    ck_assert_int_eq(ran, 1);
+    ck_assert_int_eq(dropped, 0);
+    free(o);
+}
+END_TEST
+
 static Suite *post_suite(void) {
     Suite *s = suite_create("post");
     TCase *tc = tcase_create("core");
@@ -375,6 +508,11 @@ static Suite *post_suite(void) {
     tcase_add_test(tc, test_post_many_threads_run_once);
     tcase_add_test(tc, test_post_wakes_blocked_wait);
     tcase_add_test(tc, test_post_enomem);
+    tcase_add_test(tc, test_post_drop_never_run);
+    tcase_add_test(tc, test_post_drop_after_run);
+    tcase_add_test(tc, test_post_drop_posted_by_task);
+    tcase_add_test(tc, test_post_drop_reposting_drop);
+    tcase_add_test(tc, test_post_drop_errors);
     suite_add_tcase(s, tc);
     return s;
 }

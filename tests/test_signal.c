@@ -1,9 +1,12 @@
-/* Tests for rx_signal: delivery through the loop, several watchers, freeing, mask handling. */
+/* Tests for rx_signal: delivery through the loop, several watchers, freeing, mask handling, and
+ * fan-out of one delivery to the watchers of several loops, in one thread and across threads. */
 #include <check.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <rx/rx.h>
@@ -367,6 +370,424 @@ START_TEST(test_wakes_blocked_wait) {
 }
 END_TEST
 
+/* ---- fan-out to several loops ---- */
+
+static void block(int signo) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signo);
+    ck_assert_int_eq(pthread_sigmask(SIG_BLOCK, &set, NULL), 0);
+}
+
+/* Runs both loops (each iteration waits at most 5 ms) until a and b reach their counts or max_ms
+ * pass, then settle_ms more so an extra run would show. */
+static void run_two(rx_loop *la, const int *a, int want_a, rx_loop *lb, const int *b, int want_b,
+                    int max_ms, int settle_ms) {
+    unsigned long long deadline = tu_now_ms() + (unsigned long long)max_ms;
+    while ((*a < want_a || *b < want_b) && tu_now_ms() < deadline) {
+        ck_assert_int_ge(rx_loop_run_once(la, 5), 0);
+        ck_assert_int_ge(rx_loop_run_once(lb, 5), 0);
+    }
+    deadline = tu_now_ms() + (unsigned long long)settle_ms;
+    while (tu_now_ms() < deadline) {
+        ck_assert_int_ge(rx_loop_run_once(la, 5), 0);
+        ck_assert_int_ge(rx_loop_run_once(lb, 5), 0);
+    }
+}
+
+START_TEST(test_fanout_two_loops_one_thread) {
+    /* One delivery, two loops of this thread watching: each loop's watcher runs exactly once,
+     * whichever loop's signalfd dequeues it. Both for a thread-directed (raise) and a
+     * process-directed (kill) signal, and with either loop run first. */
+    unblock(SIGUSR1);
+    rx_loop *a = rx_loop_new();
+    rx_loop *b = rx_loop_new();
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    struct rec ra = {0}, rb = {0}, rb2 = {0};
+    watch(a, SIGUSR1, &ra);
+    watch(b, SIGUSR1, &rb);
+    watch(b, SIGUSR1, &rb2);
+    ck_assert_int_eq(raise(SIGUSR1), 0);
+    run_two(a, &ra.calls, 1, b, &rb.calls, 1, 1000, 30);
+    ck_assert_int_eq(ra.calls, 1);
+    ck_assert_int_eq(rb.calls, 1);
+    ck_assert_int_eq(rb2.calls, 1);
+    ck_assert_int_eq(ra.signo, SIGUSR1);
+    ck_assert_int_eq(rb.signo, SIGUSR1);
+    ck_assert_ptr_eq(rb.sig_seen, rb.sig);
+
+    ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
+    run_two(b, &rb.calls, 2, a, &ra.calls, 2, 1000, 30);
+    ck_assert_int_eq(ra.calls, 2);
+    ck_assert_int_eq(rb.calls, 2);
+    ck_assert_int_eq(rb2.calls, 2);
+
+    /* Freeing one loop's watchers keeps the other loop's working. */
+    rx_signal_free(rb.sig);
+    rx_signal_free(rb2.sig);
+    ck_assert(is_blocked(SIGUSR1));
+    ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
+    run_two(b, &rb.calls, 2, a, &ra.calls, 3, 1000, 30);
+    ck_assert_int_eq(ra.calls, 3);
+    ck_assert_int_eq(rb.calls, 2);
+    rx_signal_free(ra.sig);
+    ck_assert(!is_blocked(SIGUSR1));
+    rx_loop_free(a);
+    rx_loop_free(b);
+}
+END_TEST
+
+START_TEST(test_fanout_coalesces) {
+    /* Two deliveries dequeued by loop a before loop b runs: b's watcher runs once for both, as a
+     * standard signal pending twice is delivered once. */
+    unblock(SIGUSR1);
+    unblock(SIGUSR2);
+    rx_loop *a = rx_loop_new();
+    rx_loop *b = rx_loop_new();
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    struct rec ra = {0}, rb = {0}, ra2 = {0}, rb2 = {0};
+    watch(a, SIGUSR1, &ra);
+    watch(b, SIGUSR1, &rb);
+    watch(a, SIGUSR2, &ra2);
+    watch(b, SIGUSR2, &rb2);
+    for (int i = 1; i <= 2; i++) {
+        ck_assert_int_eq(raise(SIGUSR1), 0);
+        ck_assert(run_until_count(a, &ra.calls, i, 1000));
+    }
+    ck_assert_int_eq(raise(SIGUSR2), 0);
+    ck_assert(run_until_count(a, &ra2.calls, 1, 1000));
+    ck_assert_int_eq(rb.calls, 0);
+    run_for(b, 30);
+    ck_assert_int_eq(rb.calls, 1);
+    ck_assert_int_eq(rb2.calls, 1); /* another signal's delivery is not merged away */
+    ck_assert_int_eq(rb2.signo, SIGUSR2);
+    rx_loop_free(a);
+    rx_loop_free(b);
+    ck_assert(!is_blocked(SIGUSR1));
+    ck_assert(!is_blocked(SIGUSR2));
+}
+END_TEST
+
+START_TEST(test_fanout_forward_enomem) {
+    /* A forward that cannot be posted (no memory) is lost for that loop only, and does not stop
+     * later deliveries from reaching it. */
+    unblock(SIGUSR1);
+    rx_loop *a = rx_loop_new();
+    rx_loop *b = rx_loop_new();
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    struct rec ra = {0}, rb = {0};
+    watch(a, SIGUSR1, &ra);
+    watch(b, SIGUSR1, &rb);
+    ck_assert_int_eq(raise(SIGUSR1), 0);
+    rx_sys.malloc = tu_fail_malloc;
+    rx_sys.calloc = tu_fail_calloc;
+    rx_sys.realloc = tu_fail_realloc;
+    bool got = run_until_count(a, &ra.calls, 1, 1000); /* a dequeues it; the post to b fails */
+    rx_sys_reset();
+    ck_assert(got);
+    run_for(b, 30);
+    ck_assert_int_eq(rb.calls, 0);
+    ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
+    run_two(a, &ra.calls, 2, b, &rb.calls, 1, 1000, 30);
+    ck_assert_int_eq(ra.calls, 2);
+    ck_assert_int_eq(rb.calls, 1);
+    rx_loop_free(a);
+    rx_loop_free(b);
+}
+END_TEST
+
+START_TEST(test_fanout_target_freed) {
+    /* A forward still queued on a loop that is then freed: dropped with the loop (ASan/valgrind
+     * check nothing leaks), and the freed loop gets no further forwards. */
+    unblock(SIGUSR1);
+    unblock(SIGUSR2);
+    rx_loop *a = rx_loop_new();
+    rx_loop *b = rx_loop_new();
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    struct rec ra = {0}, rb = {0}, rb2 = {0};
+    watch(a, SIGUSR1, &ra);
+    watch(b, SIGUSR1, &rb);
+    watch(b, SIGUSR2, &rb2); /* b has a signalfd for a signal a does not watch, too */
+    ck_assert_int_eq(raise(SIGUSR1), 0);
+    ck_assert(run_until_count(a, &ra.calls, 1, 1000));
+    run_for(b, 20);
+    ck_assert_int_eq(rb.calls, 1); /* forwarded */
+    ck_assert_int_eq(raise(SIGUSR1), 0);
+    ck_assert(run_until_count(a, &ra.calls, 2, 1000));
+    rx_loop_free(b); /* with the forward of the second delivery queued */
+    ck_assert_int_eq(rb.calls, 1);
+    ck_assert(is_blocked(SIGUSR1));  /* a still watches it */
+    ck_assert(!is_blocked(SIGUSR2)); /* b's watcher is gone */
+    ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
+    ck_assert(run_until_count(a, &ra.calls, 3, 1000));
+
+    /* The other way round: the loop that dequeued it is freed before the target runs. */
+    rx_loop *c = rx_loop_new();
+    ck_assert_ptr_nonnull(c);
+    struct rec rc = {0};
+    watch(c, SIGUSR1, &rc);
+    ck_assert_int_eq(raise(SIGUSR1), 0);
+    ck_assert(run_until_count(a, &ra.calls, 4, 1000));
+    rx_loop_free(a);
+    ck_assert(is_blocked(SIGUSR1));
+    run_for(c, 20);
+    ck_assert_int_eq(rc.calls, 1);
+    rx_loop_free(c);
+    ck_assert(!is_blocked(SIGUSR1));
+}
+END_TEST
+
+START_TEST(test_mask_left_alone_when_blocked_before) {
+    /* A signal the thread blocked itself stays blocked when the last watcher goes. */
+    block(SIGUSR1);
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    struct rec r = {0};
+    watch(loop, SIGUSR1, &r);
+    ck_assert_int_eq(raise(SIGUSR1), 0);
+    ck_assert(run_until_count(loop, &r.calls, 1, 1000));
+    rx_signal_free(r.sig);
+    ck_assert(is_blocked(SIGUSR1));
+    rx_loop_free(loop);
+    ck_assert(is_blocked(SIGUSR1));
+    unblock(SIGUSR1);
+}
+END_TEST
+
+/* ---- fan-out across threads ---- */
+
+/* A loop on its own thread, driven step by step from the test through a barrier. The thread does
+ * no ck_assert (libcheck asserts belong to the test's thread); it records what it saw. */
+struct peer {
+    int signo;
+    pthread_barrier_t step;
+    rx_loop *loop;
+    struct rec r;
+    atomic_int calls;   /* r.calls, published for the test thread */
+    int want;           /* run until calls reaches it (then settle_ms more) */
+    int settle_ms;      /* after want is reached */
+    bool free_watcher;  /* in the last step: free the watcher on this thread */
+    bool keep_watcher;  /* in the last step: leave the watcher for the test thread to free */
+    bool blocked_with;  /* signo blocked in this thread while watching */
+    bool blocked_after; /* signo blocked in this thread after the last step */
+    bool failed;        /* rx_loop_new / rx_signal_new failed */
+    int steps;          /* run steps to do before the last one */
+};
+
+static bool thread_blocked(int signo) {
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    return sigismember(&cur, signo) == 1;
+}
+
+static void *peer_main(void *arg) {
+    struct peer *p = arg;
+    /* The thread inherited the test thread's mask, where a watcher may block signo already; rx
+     * restores a mask only to what it was, so start from unblocked (nothing is sent yet). */
+    sigset_t one;
+    sigemptyset(&one);
+    sigaddset(&one, p->signo);
+    pthread_sigmask(SIG_UNBLOCK, &one, NULL);
+    p->loop = rx_loop_new();
+    p->r.sig = p->loop ? rx_signal_new(p->loop, p->signo, rec_cb, &p->r) : NULL;
+    p->failed = p->r.sig == NULL;
+    p->blocked_with = thread_blocked(p->signo);
+    pthread_barrier_wait(&p->step); /* watching */
+    for (int i = 0; i < p->steps; i++) {
+        pthread_barrier_wait(&p->step); /* the test sent a signal and set want */
+        unsigned long long deadline = tu_now_ms() + 2000;
+        while (!p->failed && p->r.calls < p->want && tu_now_ms() < deadline)
+            rx_loop_run_once(p->loop, 5);
+        deadline = tu_now_ms() + (unsigned long long)p->settle_ms;
+        while (!p->failed && tu_now_ms() < deadline)
+            rx_loop_run_once(p->loop, 5);
+        atomic_store(&p->calls, p->r.calls);
+        pthread_barrier_wait(&p->step); /* done */
+    }
+    pthread_barrier_wait(&p->step); /* last step */
+    if (p->free_watcher && p->r.sig) {
+        rx_signal_free(p->r.sig);
+        p->r.sig = NULL;
+    }
+    if (!p->keep_watcher) {
+        rx_loop_free(p->loop);
+        p->loop = NULL;
+    }
+    p->blocked_after = thread_blocked(p->signo);
+    pthread_barrier_wait(&p->step);
+    return NULL;
+}
+
+static int peer_calls(struct peer *p) { return atomic_load(&p->calls); }
+
+static void peer_start(struct peer *p, pthread_t *th, int signo, int steps) {
+    p->signo = signo;
+    p->steps = steps;
+    ck_assert_int_eq(pthread_barrier_init(&p->step, NULL, 2), 0);
+    ck_assert_int_eq(pthread_create(th, NULL, peer_main, p), 0);
+    pthread_barrier_wait(&p->step);
+    ck_assert(!p->failed);
+    ck_assert(p->blocked_with);
+}
+
+/* One run step of the peer. This thread runs `loop` until *count reaches want (then 30 ms more):
+ * at the same time as the peer, or with run_here false only once the peer's step is over. */
+static void peer_step(struct peer *p, int peer_want, rx_loop *loop, const int *count, int want,
+                      bool run_here) {
+    p->want = peer_want;
+    p->settle_ms = 30;
+    pthread_barrier_wait(&p->step);
+    if (!run_here)
+        pthread_barrier_wait(&p->step);
+    unsigned long long deadline = tu_now_ms() + 2000;
+    while (*count < want && tu_now_ms() < deadline)
+        ck_assert_int_ge(rx_loop_run_once(loop, 5), 0);
+    deadline = tu_now_ms() + 30;
+    while (tu_now_ms() < deadline)
+        ck_assert_int_ge(rx_loop_run_once(loop, 5), 0);
+    if (run_here)
+        pthread_barrier_wait(&p->step);
+}
+
+static void peer_finish(struct peer *p, pthread_t th) {
+    pthread_barrier_wait(&p->step);
+    pthread_barrier_wait(&p->step);
+    pthread_join(th, NULL);
+    pthread_barrier_destroy(&p->step);
+}
+
+START_TEST(test_fanout_two_threads) {
+    /* Loops on two threads watch SIGUSR2: one kill runs both watchers once. The peer thread then
+     * frees its watcher: its own mask is restored, this thread's is not touched, and this loop
+     * keeps getting the signal. */
+    unblock(SIGUSR2);
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    struct rec r = {0};
+    watch(loop, SIGUSR2, &r);
+    static struct peer p;
+    memset(&p, 0, sizeof p);
+    p.free_watcher = true;
+    pthread_t th;
+    peer_start(&p, &th, SIGUSR2, 2);
+
+    ck_assert_int_eq(kill(getpid(), SIGUSR2), 0);
+    peer_step(&p, 1, loop, &r.calls, 1, true);
+    ck_assert_int_eq(r.calls, 1);
+    ck_assert_int_eq(peer_calls(&p), 1);
+
+    /* Again, with this thread's loop idle until the peer's step is over: the peer dequeues the
+     * signal and forwards it here. */
+    ck_assert_int_eq(kill(getpid(), SIGUSR2), 0);
+    peer_step(&p, 2, loop, &r.calls, 2, false);
+    ck_assert_int_eq(r.calls, 2);
+    ck_assert_int_eq(peer_calls(&p), 2);
+
+    peer_finish(&p, th);
+    ck_assert_msg(!p.blocked_after, "SIGUSR2 still blocked in the thread whose last watcher went");
+    ck_assert(is_blocked(SIGUSR2));
+    ck_assert_int_eq(kill(getpid(), SIGUSR2), 0);
+    ck_assert(run_until_count(loop, &r.calls, 3, 1000));
+    run_for(loop, 20);
+    ck_assert_int_eq(r.calls, 3);
+    ck_assert_int_eq(p.r.calls, 2);
+    rx_signal_free(r.sig);
+    ck_assert(!is_blocked(SIGUSR2));
+    rx_loop_free(loop);
+}
+END_TEST
+
+START_TEST(test_fanout_other_thread_keeps_working) {
+    /* This thread's watcher goes first: its mask is restored and the peer's loop still gets the
+     * signal (this thread blocks it by hand meanwhile, as signal.h asks). */
+    unblock(SIGUSR1);
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    struct rec r = {0};
+    watch(loop, SIGUSR1, &r);
+    static struct peer p;
+    memset(&p, 0, sizeof p);
+    p.free_watcher = true;
+    pthread_t th;
+    peer_start(&p, &th, SIGUSR1, 2);
+    ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
+    peer_step(&p, 1, loop, &r.calls, 1, true);
+    ck_assert_int_eq(r.calls, 1);
+    ck_assert_int_eq(peer_calls(&p), 1);
+
+    rx_signal_free(r.sig);
+    ck_assert(!is_blocked(SIGUSR1));
+    block(SIGUSR1);
+    ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
+    int none = 0;
+    peer_step(&p, 2, loop, &none, 0, true);
+    ck_assert_int_eq(peer_calls(&p), 2);
+    ck_assert_int_eq(r.calls, 1);
+    peer_finish(&p, th);
+    ck_assert(!p.blocked_after);
+    rx_loop_free(loop);
+    unblock(SIGUSR1);
+}
+END_TEST
+
+START_TEST(test_thread_directed_read_by_its_thread) {
+    /* pthread_kill targets the peer's thread: only its loop can dequeue the signal (this loop,
+     * run meanwhile, sees nothing), then the delivery is forwarded here. */
+    unblock(SIGUSR1);
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    struct rec r = {0};
+    watch(loop, SIGUSR1, &r);
+    static struct peer p;
+    memset(&p, 0, sizeof p);
+    p.free_watcher = true;
+    pthread_t th;
+    peer_start(&p, &th, SIGUSR1, 1);
+    ck_assert_int_eq(pthread_kill(th, SIGUSR1), 0);
+    run_for(loop, 50);
+    ck_assert_int_eq(r.calls, 0);
+    peer_step(&p, 1, loop, &r.calls, 1, true);
+    ck_assert_int_eq(peer_calls(&p), 1);
+    ck_assert_int_eq(r.calls, 1);
+    peer_finish(&p, th);
+    rx_signal_free(r.sig);
+    rx_loop_free(loop);
+    ck_assert(!is_blocked(SIGUSR1));
+}
+END_TEST
+
+START_TEST(test_free_on_other_thread_leaves_mask) {
+    /* The peer's watcher and loop, freed on this thread: the peer's mask cannot be changed from
+     * here and stays blocked; this thread's own bookkeeping is not disturbed either. */
+    unblock(SIGUSR2);
+    static struct peer p;
+    memset(&p, 0, sizeof p);
+    p.keep_watcher = true;
+    pthread_t th;
+    peer_start(&p, &th, SIGUSR2, 0);
+    rx_signal_free(p.r.sig);
+    rx_loop_free(p.loop);
+    ck_assert(!is_blocked(SIGUSR2));
+    peer_finish(&p, th);
+    ck_assert(p.blocked_after);
+
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    struct rec r = {0};
+    watch(loop, SIGUSR2, &r);
+    ck_assert(is_blocked(SIGUSR2));
+    ck_assert_int_eq(raise(SIGUSR2), 0);
+    ck_assert(run_until_count(loop, &r.calls, 1, 1000));
+    rx_signal_free(r.sig);
+    ck_assert(!is_blocked(SIGUSR2));
+    rx_loop_free(loop);
+}
+END_TEST
+
 static Suite *signal_suite(void) {
     Suite *s = suite_create("signal");
     TCase *tc = tcase_create("core");
@@ -381,6 +802,15 @@ static Suite *signal_suite(void) {
     tcase_add_test(tc, test_invalid_signo);
     tcase_add_test(tc, test_new_enomem);
     tcase_add_test(tc, test_wakes_blocked_wait);
+    tcase_add_test(tc, test_fanout_two_loops_one_thread);
+    tcase_add_test(tc, test_fanout_coalesces);
+    tcase_add_test(tc, test_fanout_forward_enomem);
+    tcase_add_test(tc, test_fanout_target_freed);
+    tcase_add_test(tc, test_mask_left_alone_when_blocked_before);
+    tcase_add_test(tc, test_fanout_two_threads);
+    tcase_add_test(tc, test_fanout_other_thread_keeps_working);
+    tcase_add_test(tc, test_thread_directed_read_by_its_thread);
+    tcase_add_test(tc, test_free_on_other_thread_leaves_mask);
     suite_add_tcase(s, tc);
     return s;
 }

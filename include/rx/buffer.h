@@ -48,9 +48,12 @@ static inline char *rx_buffer_tail(rx_buffer *buf) {
     return buf->data ? buf->data + buf->end : NULL;
 }
 
-/* Makes at least n bytes writable behind the data: by moving the data to the front when that
- * frees enough and the buffer is at most half full, else by growing geometrically. Returns 0,
- * -ENOMEM (buffer unchanged), or -EOVERFLOW when the size cannot be represented. */
+/* Makes at least n bytes writable behind the data. When the data is at most half of cap and
+ * moving it to the front frees enough, it is moved (no allocation). Otherwise the block is
+ * reallocated to the smallest of 2 * cap, 4 * cap, ... (of 256, 512, ... for the first block)
+ * that holds RX_BUFFER_HEADROOM + length + n, so a buffer kept more than half full doubles rather
+ * than moving its bytes for every append. Returns 0, -ENOMEM (buffer unchanged), or -EOVERFLOW
+ * when the size cannot be represented. */
 int rx_buffer_reserve(rx_buffer *buf, size_t n);
 
 /* Marks n bytes written at rx_buffer_tail() as readable. n must not exceed rx_buffer_writable(). */

@@ -21,6 +21,9 @@ typedef struct rx_listener_opts {
     bool reuseport;    /* SO_REUSEPORT, to share the port between processes or loops */
     int accept_batch;  /* accept4 calls per wake-up at most, for fairness; 0: 64 */
     unsigned retry_ms; /* pause after EMFILE/ENFILE with no spare fd left; 0: 100 ms */
+    /* Optional: called with the listener's arg after each connection shed for lack of fds (see
+     * rx_listener_shed), e.g. to log a rate-limited warning. It may pause or free the listener. */
+    void (*on_shed)(rx_listener *l, void *arg);
 } rx_listener_opts;
 
 /* Binds and listens on addr (see rx_addr_parse; SO_REUSEADDR is always set; a stale unix
@@ -32,13 +35,16 @@ rx_listener *rx_listener_new(rx_loop *loop, const char *addr, const rx_listener_
 /* The bound address (with the port the kernel chose for port 0). */
 const rx_addr *rx_listener_addr(const rx_listener *l);
 
-/* Stops / resumes accepting; connections wait in the kernel backlog meanwhile. Resume does not cut
- * short an error back-off: its timer resumes by itself. */
+/* Stops / resumes accepting; connections wait in the kernel backlog meanwhile. Pausing and the
+ * error back-off (after ENOBUFS, ENOMEM, or EMFILE with no spare fd: retry_ms) are independent:
+ * accepting happens only while neither holds. Resume during a back-off does not cut it short (the
+ * retry timer resumes accepting when it ends), and a back-off ending while paused accepts nothing
+ * until resume. */
 void rx_listener_pause(rx_listener *l);
 void rx_listener_resume(rx_listener *l);
 
-/* Counters: connections accepted, and connections shed (accepted and closed at once) because
- * the process was out of fds. */
+/* Counters: connections accepted, and connections shed (accepted and closed at once, then
+ * reported to on_shed) because the process was out of fds. */
 unsigned long long rx_listener_accepted(const rx_listener *l);
 unsigned long long rx_listener_shed(const rx_listener *l);
 

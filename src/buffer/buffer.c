@@ -42,12 +42,16 @@ static size_t needed(const rx_buffer *buf, size_t n) {
     return RX_BUFFER_HEADROOM + len + n;
 }
 
-/* Grows the storage to at least need bytes (doubling, so appends stay amortized O(1)) and moves
- * the data to offset HEADROOM + gap. The buffer is untouched on failure. */
+static size_t twice(size_t cap) { return cap > MAX_CAP / 2 ? MAX_CAP : cap * 2; }
+
+/* Reallocates to the smallest of cap * 2, cap * 4, ... (MIN_CAP, MIN_CAP * 2, ... for the first
+ * block) that holds need bytes, and moves the data to offset HEADROOM + gap. At least doubling
+ * even when need already fits is what makes refusing to compact a full buffer pay off: the next
+ * compaction moves at most half the block. The buffer is untouched on failure. */
 static int grow(rx_buffer *buf, size_t need, size_t gap) {
-    size_t cap = buf->cap ? buf->cap : MIN_CAP;
-    while (cap < need)
-        cap = cap > MAX_CAP / 2 ? need : cap * 2;
+    size_t cap = buf->cap ? twice(buf->cap) : MIN_CAP;
+    while (cap < need) /* terminates: needed() keeps need <= MAX_CAP */
+        cap = twice(cap);
 
     size_t len = rx_buffer_len(buf);
     char *p;
@@ -78,8 +82,8 @@ int rx_buffer_reserve(rx_buffer *buf, size_t n) {
         return -EOVERFLOW;
     size_t len = rx_buffer_len(buf);
     /* Moving the data to the front frees enough: cheaper than a new block and keeps memory flat.
-     * Only when at most half is data, so a buffer kept nearly full does not move all its bytes
-     * for every small append. */
+     * Only when at most half is data, so a compaction copies at most half the block and leaves
+     * the rest (less the headroom) free; a fuller buffer grows instead (see grow). */
     if (buf->data && need <= buf->cap && len <= buf->cap / 2) {
         memmove(buf->data + RX_BUFFER_HEADROOM, buf->data + buf->start, len);
         buf->start = RX_BUFFER_HEADROOM;

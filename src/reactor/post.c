@@ -50,12 +50,17 @@ void rx_post_wake(rx_loop *loop) {
 }
 
 int rx_loop_post(rx_loop *loop, rx_task_fn fn, void *arg) {
+    return rx_loop_post_drop(loop, fn, NULL, arg);
+}
+
+int rx_loop_post_drop(rx_loop *loop, rx_task_fn fn, rx_task_fn drop, void *arg) {
     if (!fn)
         return -EINVAL;
     struct rx_task *task = rx_sys.malloc(sizeof(*task));
     if (!task)
         return -ENOMEM;
     task->fn = fn;
+    task->drop = drop;
     task->arg = arg;
     task->next = NULL;
     pthread_mutex_lock(&loop->post_lock);
@@ -94,13 +99,19 @@ void rx_post_run(rx_loop *loop) {
 void rx_post_free(rx_loop *loop) {
     if (loop->wakefd < 0)
         return; /* rx_post_init never got that far */
-    struct rx_task *task = loop->post_head;
-    while (task) {
-        struct rx_task *next = task->next;
-        rx_sys.free(task);
-        task = next;
+    /* A drop function may post again (handing its work on): those tasks are dropped too, until the
+     * queue stays empty. */
+    while (loop->post_head) {
+        struct rx_task *task = loop->post_head;
+        loop->post_head = loop->post_tail = NULL;
+        while (task) {
+            struct rx_task *next = task->next;
+            if (task->drop)
+                task->drop(task->arg);
+            rx_sys.free(task);
+            task = next;
+        }
     }
-    loop->post_head = loop->post_tail = NULL;
     rx_channel_close(loop->wake_channel);
     pthread_mutex_destroy(&loop->post_lock);
 }

@@ -27,10 +27,12 @@ struct rx_listener {
     int batch;
     unsigned retry_ms;
     rx_accept_fn cb;
+    void (*on_shed)(rx_listener *l, void *arg);
     void *arg;
     unsigned long long accepted, shed;
-    bool paused;  /* by rx_listener_pause */
-    bool backoff; /* out of fds or memory: the retry timer resumes */
+    /* Two independent reasons not to accept; events are wanted only while neither holds. */
+    bool paused;  /* by rx_listener_pause, until rx_listener_resume */
+    bool backoff; /* out of fds or memory, until the retry timer fires */
     bool freed;   /* rx_listener_free ran; the memory lives until the channel is released */
     bool owns_path;
     dev_t path_dev; /* identity of the socket file we created, so we only unlink our own */
@@ -78,8 +80,9 @@ static void destroy(void *arg) {
 
 static bool want_events(const rx_listener *l) { return !l->paused && !l->backoff && !l->freed; }
 
-/* Stops accepting for retry_ms. Without a timer to resume (it could not be armed) the channel
- * stays armed: level-triggered, the next iteration retries. */
+/* Stops accepting for retry_ms, whether or not the listener is also paused. Without a timer to
+ * resume (it could not be armed) the channel stays armed: level-triggered, the next iteration
+ * retries. */
 static void start_backoff(rx_listener *l) {
     if (rx_timer_start(l->retry, l->retry_ms, 0) < 0)
         return;
@@ -98,8 +101,10 @@ static void on_retry(rx_timer *t, void *arg) {
 enum shed_result { SHED_DONE, SHED_EMPTY, SHED_FAILED };
 
 /* Out of fds: give up the spare to accept one connection and close it at once, so the client
- * sees a reset instead of waiting in the backlog, then take the spare back. */
-static enum shed_result shed_one(rx_listener *l) {
+ * sees a reset instead of waiting in the backlog, then take the spare back. *shed tells whether a
+ * connection was closed that way (SHED_DONE also covers a peer that gave up first). */
+static enum shed_result shed_one(rx_listener *l, bool *shed) {
+    *shed = false;
     if (l->spare_fd < 0)
         return SHED_FAILED;
     close_spare(l);
@@ -108,6 +113,7 @@ static enum shed_result shed_one(rx_listener *l) {
         fd = rx_sys.accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     while (fd < 0 && errno == EINTR);
     int err = errno;
+    *shed = fd >= 0;
     if (fd >= 0) {
         close(fd);
         l->shed++;
@@ -158,8 +164,16 @@ static void on_ready(rx_channel *ch, uint32_t ready, void *arg) {
         case EPROTO:
             continue;
         case EMFILE:
-        case ENFILE:
-            switch (shed_one(l)) {
+        case ENFILE: {
+            bool shed;
+            enum shed_result r = shed_one(l, &shed);
+            /* After the spare is back, so a callback that frees the listener releases it. */
+            if (shed && l->on_shed) {
+                l->on_shed(l, l->arg);
+                if (!want_events(l))
+                    return;
+            }
+            switch (r) {
             case SHED_DONE:
                 calls++;
                 continue;
@@ -170,6 +184,7 @@ static void on_ready(rx_channel *ch, uint32_t ready, void *arg) {
                 return;
             }
             return;
+        }
         default: /* ENOBUFS, ENOMEM, ...: give the system time */
             start_backoff(l);
             return;
@@ -222,6 +237,7 @@ rx_listener *rx_listener_new(rx_loop *loop, const char *addr, const rx_listener_
     }
     l->loop = loop;
     l->cb = cb;
+    l->on_shed = o->on_shed;
     l->arg = arg;
     l->batch = o->accept_batch > 0 ? o->accept_batch : DEFAULT_BATCH;
     l->retry_ms = o->retry_ms > 0 ? o->retry_ms : DEFAULT_RETRY_MS;
@@ -272,8 +288,7 @@ void rx_listener_pause(rx_listener *l) {
     if (l->freed)
         return;
     l->paused = true;
-    l->backoff = false;
-    rx_timer_stop(l->retry);
+    /* A back-off keeps its timer: pausing must not make a later resume skip the wait. */
     rx_channel_set_interest(l->ch, 0); /* on failure on_ready drops events until resumed */
 }
 
@@ -281,6 +296,8 @@ void rx_listener_resume(rx_listener *l) {
     if (l->freed || !l->paused)
         return;
     l->paused = false;
+    if (l->backoff)
+        return; /* on_retry arms the channel when the back-off ends */
     if (rx_channel_set_interest(l->ch, RX_READABLE) < 0)
         start_backoff(l);
 }
