@@ -1,5 +1,9 @@
 /* rx_conn: one non-blocking stream connection (TCP or unix) with input and output buffers,
- * send-now-else-queue, backpressure marks, half-close, idle timeout and deferred close. */
+ * send-now-else-queue, backpressure marks, half-close, idle timeout and a bounded graceful close.
+ * A connection belongs to its loop's thread: call these functions only there. Apart from
+ * on_high_water, which a send may run so a producer stops at once, no callback of a connection
+ * runs inside a call of yours (rx_conn_close, rx_conn_flush, ...): what such a call makes due
+ * runs from the loop, before it polls again. */
 #ifndef RX_CONN_H
 #define RX_CONN_H
 
@@ -22,15 +26,22 @@ typedef struct rx_conn rx_conn;
 typedef enum rx_conn_state {
     RX_CONN_CONNECTING, /* connect in progress (connector) */
     RX_CONN_OPEN,
-    RX_CONN_HALF_CLOSED, /* one direction has ended: our write side shut, or the peer's */
-    RX_CONN_CLOSING,     /* rx_conn_close called: writing what is queued, no longer reading */
+    RX_CONN_HALF_CLOSED, /* one direction has ended (rx_conn_ended says which) */
+    RX_CONN_CLOSING,     /* a graceful close is under way: writing what is queued */
     RX_CONN_CLOSED,      /* fd closed; on_close runs at the end of the iteration */
 } rx_conn_state;
+
+/* Bits of rx_conn_ended. */
+enum {
+    RX_CONN_READ_ENDED = 1u << 0,  /* nothing more will reach on_data: the peer ended its stream,
+                                      or a close is under way */
+    RX_CONN_WRITE_ENDED = 1u << 1, /* nothing more can be sent: rx_conn_shutdown or a close */
+};
 
 typedef enum rx_close_reason {
     RX_CLOSE_PEER,    /* orderly end of stream from the peer (and our output was written) */
     RX_CLOSE_RESET,   /* ECONNRESET / EPIPE: the peer went away abruptly */
-    RX_CLOSE_TIMEOUT, /* idle timeout or connect timeout */
+    RX_CLOSE_TIMEOUT, /* idle timeout, connect timeout, or a graceful close past its deadline */
     RX_CLOSE_LOCAL,   /* rx_conn_close / rx_conn_abort, a server stop or rx_loop_free */
     RX_CLOSE_ERROR,   /* another error: see err (ECONNREFUSED, ENOMEM, ...) */
 } rx_close_reason;
@@ -40,26 +51,33 @@ typedef struct rx_conn_callbacks {
     /* The connection is established (accepted, or the connect completed). */
     void (*on_open)(rx_conn *c, void *arg);
     /* New bytes are in `in`. Consume what you parsed (rx_buffer_consume); the rest stays for the
-     * next call. Do not keep pointers into `in` past this call; do not append to it. Output
-     * appended to rx_conn_output() during the call goes out in one write when it returns
-     * (rx_conn_send writes at once when nothing is queued ahead). */
+     * next call (kept in memory of the connection's own until the message is complete). Do not
+     * keep pointers into `in` past this call; do not append to it. Output appended to
+     * rx_conn_output() during the call goes out in one write when it returns (rx_conn_send writes
+     * at once when nothing is queued ahead). */
     void (*on_data)(rx_conn *c, rx_buffer *in, void *arg);
     /* Output that had to wait for the socket has all been written. */
     void (*on_drain)(rx_conn *c, void *arg);
-    /* Queued output rose above the high-water mark (may run inside rx_conn_send) / fell back to
-     * the low-water mark (never inside a call of yours: on the next iteration if need be). */
+    /* Queued output rose above the high-water mark / then fell back to the low-water mark.
+     * on_high_water runs inside rx_conn_send/sendv/sendfile when they cross the mark (so a
+     * producer stops at once), or when on_data returns, judged on everything it queued before
+     * that is written: output built above the mark in one call is always followed by
+     * on_low_water. on_low_water runs after the write that reached the mark, from the loop. A
+     * closing connection gets neither. */
     void (*on_high_water)(rx_conn *c, size_t queued, void *arg);
     void (*on_low_water)(rx_conn *c, size_t queued, void *arg);
     /* The peer shut its write side. When set, the connection stays open for writing and the
-     * owner closes it; when NULL, rx writes what is queued and closes with RX_CLOSE_PEER. */
+     * owner closes it (or shuts its side: once both sides ended the connection closes with
+     * RX_CLOSE_PEER); when NULL, rx writes what is queued and closes with RX_CLOSE_PEER. */
     void (*on_eof)(rx_conn *c, void *arg);
-    /* The idle timeout passed with no activity. When set, the connection stays open and the owner
-     * decides (answer and close, or wait again: the timeout restarts); when NULL, rx closes with
-     * RX_CLOSE_TIMEOUT. */
+    /* The idle timeout passed with no activity (never while closing). When set, the connection
+     * stays open and the owner decides (answer and close, or wait again: the timeout restarts);
+     * when NULL, rx closes with RX_CLOSE_TIMEOUT. */
     void (*on_timeout)(rx_conn *c, void *arg);
     /* Last callback, exactly once, at the end of the iteration in which the connection closed
-     * (or in rx_loop_free). err is 0 or a negative errno. The connection memory is released after
-     * it returns; free your context here. */
+     * (also when it closed outside rx_loop_run: then at the end of the next iteration), or in
+     * rx_loop_free. err is 0 or a negative errno. The connection memory is released after it
+     * returns; free your context here. */
     void (*on_close)(rx_conn *c, rx_close_reason reason, int err, void *arg);
 } rx_conn_callbacks;
 
@@ -67,6 +85,7 @@ typedef struct rx_conn_opts {
     size_t high_water;        /* 0: 1 MiB */
     size_t low_water;         /* 0: high_water / 4 */
     uint64_t idle_timeout_ms; /* 0: none */
+    uint64_t close_timeout_ms; /* bound on a graceful close, after which it is aborted; 0: 5 s */
     bool nagle;               /* leave Nagle's algorithm on (TCP_NODELAY is set by default) */
     bool keepalive;           /* SO_KEEPALIVE */
     /* Switches that turn a technique off, to measure what it is worth (docs/c10k.md): */
@@ -85,9 +104,10 @@ rx_conn *rx_conn_new(rx_loop *loop, int fd, const rx_conn_opts *opts, const rx_c
 
 /* Sends n bytes: writes at once when nothing is queued, queues what the socket did not take and
  * watches for writability only while something is queued. Returns 0; -EPIPE when the connection
- * is closing or its write side is shut; -ENOMEM when nothing could be queued (the connection is
- * closed if part of the bytes already left); or the errno of a failed write (-ECONNRESET, ...),
- * the connection then being closed. */
+ * is closing or its write side is shut (also when on_high_water, run by this call, closed it);
+ * -ENOMEM when nothing could be queued (the connection is closed if part of the bytes already
+ * left); or the errno of a failed write (-ECONNRESET, ...), the connection then being closed
+ * (on_close follows from the loop, never inside this call). */
 int rx_conn_send(rx_conn *c, const void *data, size_t n);
 
 /* Like rx_conn_send for several pieces (a header and a payload) with one writev. */
@@ -98,42 +118,51 @@ int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt);
  * Returns 0, -EPIPE, -ENOMEM. */
 int rx_conn_sendfile(rx_conn *c, int fd, off_t offset, size_t len);
 
-/* The output buffer, for building output in place. What is appended goes out, after anything
- * queued before, when on_data returns or at rx_conn_flush. */
+/* The output buffer, for building output in place; the pointer is good until you return to the
+ * loop. What is appended goes out after anything queued before: when on_data returns (inside
+ * on_data), else at rx_conn_flush or before the loop polls again, whichever comes first. */
 rx_buffer *rx_conn_output(rx_conn *c);
 
-/* Writes what is queued as far as the socket takes it. Returns 0 or a negative errno (the
- * connection is then closed). */
+/* Writes what is queued as far as the socket takes it (at most 1 MiB; the rest follows from the
+ * loop). Returns 0 or a negative errno (the connection is then closed). */
 int rx_conn_flush(rx_conn *c);
 
 /* The input buffer: bytes read and not yet consumed (for an owner that stopped consuming and
- * resumes outside on_data). */
+ * resumes outside on_data); an empty buffer when there are none. */
 rx_buffer *rx_conn_input(rx_conn *c);
 
 /* Bytes queued for output (buffered and file ranges). */
 size_t rx_conn_queued(const rx_conn *c);
 
 /* Stops / resumes reading (backpressure). Data already read stays in the input buffer; after a
- * resume, on_data gets it on the next iteration without waiting for new bytes. */
+ * resume, on_data gets it before the loop polls again, without waiting for new bytes. */
 void rx_conn_pause_read(rx_conn *c);
 void rx_conn_resume_read(rx_conn *c);
 
-/* Shuts the write side once the queue is written (half-close); reading goes on. */
+/* Shuts the write side once the queue is written (half-close); reading goes on. Once the peer
+ * ended its side too, the connection closes (RX_CLOSE_PEER). */
 void rx_conn_shutdown(rx_conn *c);
 
-/* Graceful close: stop reading, write what is queued, shut the write side, then close once the
- * peer ends its side too (what it still sends is dropped) or after 2 s (RX_CLOSE_LOCAL). The
- * lingering avoids the reset that closing on unread input would cause, which could destroy the
- * last bytes we sent. */
+/* Graceful close: no more on_data and no more sends; what is queued is written, the write side
+ * shut, and the connection closes once the peer ended its side too (what it still sends is
+ * dropped), with RX_CLOSE_LOCAL. Reading to the peer's end avoids the reset that closing on
+ * unread input would cause, which could destroy the last bytes we sent. All of it is bounded by
+ * close_timeout_ms: past it the connection is aborted (RX_CLOSE_TIMEOUT, -ETIMEDOUT). A close of
+ * a connection still connecting waits for the connect to write what was queued (and is a plain
+ * cancel when nothing was); a second close is a no-op. */
 void rx_conn_close(rx_conn *c);
 
 /* Closes at once with a TCP reset (SO_LINGER 0), dropping queued output (RX_CLOSE_LOCAL). */
 void rx_conn_abort(rx_conn *c);
 
-/* Changes the idle timeout (0: none). Activity (a read or a write) restarts it; O(1). */
+/* Changes the idle timeout (0: none). Activity (a read or a write) restarts it; O(1). Returns 0,
+ * -ENOMEM, or -EPIPE when the connection is closing or closed (its close deadline bounds it). */
 int rx_conn_set_idle_timeout(rx_conn *c, uint64_t ms);
 
 rx_conn_state rx_conn_get_state(const rx_conn *c);
+
+/* Which sides have ended: RX_CONN_READ_ENDED | RX_CONN_WRITE_ENDED (both once closed). */
+unsigned rx_conn_ended(const rx_conn *c);
 rx_loop *rx_conn_loop(const rx_conn *c);
 void *rx_conn_arg(const rx_conn *c);
 void rx_conn_set_arg(rx_conn *c, void *arg);

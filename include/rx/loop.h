@@ -17,9 +17,11 @@ typedef void (*rx_task_fn)(void *arg);
  * The caller owns the loop and frees it with rx_loop_free. */
 rx_loop *rx_loop_new(void);
 
-/* Releases the loop and everything still registered on it: channels (and their owned fds),
- * timers, signal watchers, hooks and posted tasks that never ran. Destructors given to those
- * objects run here, in no particular order. Must not be called from inside rx_loop_run. */
+/* Releases the loop and everything still registered on it: first channels (and their owned fds)
+ * with their destructors (a connection's on_close runs here), then signal watchers, timers,
+ * posted tasks that never ran, and last the loop's own fds. A destructor may still call
+ * rx_loop_post and rx_loop_stop (the task is then dropped unrun). Must not be called from
+ * inside rx_loop_run. */
 void rx_loop_free(rx_loop *loop);
 
 /* Runs iterations until rx_loop_stop is called. Returns 0 after a stop, or a negative errno
@@ -28,17 +30,26 @@ int rx_loop_run(rx_loop *loop);
 
 /* Runs one iteration: waits up to timeout_ms for events (-1: until an event or the nearest
  * timer; 0: do not block), then dispatches events, due timers, posted tasks and deferred frees.
- * Returns the number of fd events dispatched, or a negative errno. */
+ * A pending rx_loop_stop makes it not wait, and is consumed by it. Returns the number of fd
+ * events dispatched, or a negative errno. */
 int rx_loop_run_once(rx_loop *loop, int timeout_ms);
 
-/* Makes rx_loop_run return after the current iteration. Safe from any thread and from any
- * callback; wakes a blocked epoll_wait. */
+/* Makes rx_loop_run return after the current iteration (or after one iteration, when called while
+ * the loop is not running). Safe from any thread and from any callback; wakes a blocked
+ * epoll_wait. One stop ends one run: the next rx_loop_run or rx_loop_run_once waits as usual. */
 void rx_loop_stop(rx_loop *loop);
 
 /* Queues fn(arg) to run on the loop thread during a later iteration. Safe from any thread; wakes
  * a blocked epoll_wait. Tasks run in the order they were posted (per posting thread); a task
- * posted while tasks are running runs on the next pass. Returns 0 or -ENOMEM. */
+ * posted while tasks are running runs on the next pass. A task still queued when the loop is freed
+ * is discarded silently: fn never runs and arg stays the caller's (see rx_loop_post_drop).
+ * Returns 0, -EINVAL (fn NULL) or -ENOMEM. */
 int rx_loop_post(rx_loop *loop, rx_task_fn fn, void *arg);
+
+/* Like rx_loop_post, but exactly one of fn(arg) and drop(arg) runs: drop runs inside rx_loop_free
+ * when the loop is freed before fn ran, so the task can release arg. drop may be NULL (then this
+ * is rx_loop_post). On failure (-EINVAL, -ENOMEM) neither runs and arg stays the caller's. */
+int rx_loop_post_drop(rx_loop *loop, rx_task_fn fn, rx_task_fn drop, void *arg);
 
 /* Registers fn(arg) to run at the start of every iteration, before epoll_wait (the place where
  * upper layers flush output they batched). Loop thread only. Returns 0 or -ENOMEM. */

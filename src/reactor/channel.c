@@ -3,14 +3,22 @@
 #include "loop_internal.h"
 
 #include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <unistd.h>
 
-rx_channel *rx_channel_new(rx_loop *loop, int fd, uint32_t flags, rx_channel_fn cb, void *arg) {
-    if (fd < 0 || !cb) {
+/* Where an owner's object starts in a channel's allocation. */
+#define OWNER_OFFSET                                                                               \
+    ((sizeof(rx_channel) + _Alignof(max_align_t) - 1) / _Alignof(max_align_t) *                    \
+     _Alignof(max_align_t))
+
+static rx_channel *channel_alloc(rx_loop *loop, int fd, uint32_t flags, rx_channel_fn cb,
+                                 size_t extra) {
+    if (fd < 0 || !cb || extra > SIZE_MAX - OWNER_OFFSET) {
         errno = EINVAL;
         return NULL;
     }
-    rx_channel *ch = rx_sys.calloc(1, sizeof(*ch));
+    rx_channel *ch = rx_sys.calloc(1, extra ? OWNER_OFFSET + extra : sizeof(*ch));
     if (!ch) {
         errno = ENOMEM;
         return NULL;
@@ -19,11 +27,26 @@ rx_channel *rx_channel_new(rx_loop *loop, int fd, uint32_t flags, rx_channel_fn 
     ch->fd = fd;
     ch->flags = flags;
     ch->cb = cb;
-    ch->arg = arg;
     ch->next = loop->channels;
     if (loop->channels)
         loop->channels->prev = ch;
     loop->channels = ch;
+    return ch;
+}
+
+rx_channel *rx_channel_new(rx_loop *loop, int fd, uint32_t flags, rx_channel_fn cb, void *arg) {
+    rx_channel *ch = channel_alloc(
+        loop, fd, flags & (RX_CHANNEL_EDGE | RX_CHANNEL_OWNS_FD | RX_CHANNEL_INTERNAL), cb, 0);
+    if (ch)
+        ch->arg = arg;
+    return ch;
+}
+
+rx_channel *rx_channel_new_owner(rx_loop *loop, int fd, uint32_t flags, rx_channel_fn cb,
+                                 size_t size, void **owner) {
+    rx_channel *ch = channel_alloc(loop, fd, flags | RX_CHANNEL_OWNER_MEM, cb, size ? size : 1);
+    if (ch)
+        ch->arg = *owner = (char *)ch + OWNER_OFFSET;
     return ch;
 }
 
@@ -75,6 +98,25 @@ static void release(rx_channel *ch) {
     rx_sys.free(ch);
 }
 
+/* Unlinks ch from whichever deferred list holds it (see rx_channel_run_deferred). */
+static void undefer(rx_channel *ch) {
+    rx_loop *loop = ch->loop;
+    struct rx_defer_list *lists[] = {&loop->deferred, &loop->deferred_later};
+    for (int i = 0; i < 2; i++) {
+        rx_channel *prev = NULL;
+        for (rx_channel **p = &lists[i]->head; *p; prev = *p, p = &(*p)->defer_next) {
+            if (*p != ch)
+                continue;
+            *p = ch->defer_next;
+            if (lists[i]->tail == ch)
+                lists[i]->tail = prev;
+            ch->defer_next = NULL;
+            ch->deferred = false;
+            return;
+        }
+    }
+}
+
 void rx_channel_close(rx_channel *ch) {
     if (!ch || ch->closed)
         return;
@@ -88,13 +130,64 @@ void rx_channel_close(rx_channel *ch) {
     if (ch->flags & RX_CHANNEL_OWNS_FD)
         close(ch->fd);
     ch->interest = 0;
+    /* Deferred lists are short (what this iteration touched), and closing while listed is rare. */
+    if (ch->deferred)
+        undefer(ch);
     unlink_live(ch);
-    if (loop->running) {
+    if (loop->running || (ch->flags & RX_CHANNEL_OWNER_MEM)) {
         ch->next = loop->graveyard;
         loop->graveyard = ch;
     } else {
         release(ch);
     }
+}
+
+void rx_channel_replace_fd(rx_channel *ch, int fd) {
+    rx_channel_set_interest(ch, 0);
+    if (ch->flags & RX_CHANNEL_OWNS_FD)
+        close(ch->fd);
+    ch->fd = fd;
+}
+
+void rx_channel_defer(rx_channel *ch) {
+    if (ch->closed || ch->deferred)
+        return;
+    rx_loop *loop = ch->loop;
+    /* Asked for during a pass: the next pass, so a callback that asks again cannot keep the loop
+     * from polling. */
+    struct rx_defer_list *l = loop->deferring ? &loop->deferred_later : &loop->deferred;
+    ch->deferred = true;
+    ch->defer_next = NULL;
+    if (l->tail)
+        l->tail->defer_next = ch;
+    else
+        l->head = ch;
+    l->tail = ch;
+}
+
+void rx_channel_run_deferred(rx_loop *loop) {
+    loop->deferring = true;
+    /* Popped one at a time, so a callback closing (unlinking) a later one is safe; closed channels
+     * stay allocated until the reap at the end of the iteration. */
+    while (loop->deferred.head) {
+        rx_channel *ch = loop->deferred.head;
+        loop->deferred.head = ch->defer_next;
+        if (!loop->deferred.head)
+            loop->deferred.tail = NULL;
+        ch->defer_next = NULL;
+        ch->deferred = false;
+        ch->cb(ch, RX_DEFERRED, ch->arg);
+    }
+    loop->deferring = false;
+    loop->deferred = loop->deferred_later;
+    loop->deferred_later = (struct rx_defer_list){NULL, NULL};
+}
+
+rx_channel *rx_channel_next(rx_loop *loop, rx_channel *ch, rx_channel_fn cb) {
+    for (ch = ch ? ch->next : loop->channels; ch; ch = ch->next)
+        if (ch->cb == cb)
+            return ch;
+    return NULL;
 }
 
 void rx_channel_reap(rx_loop *loop) {
@@ -106,8 +199,18 @@ void rx_channel_reap(rx_loop *loop) {
     }
 }
 
-void rx_channel_free_all(rx_loop *loop) {
-    while (loop->channels)
-        rx_channel_close(loop->channels);
-    rx_channel_reap(loop);
+void rx_channel_close_all(rx_loop *loop, bool internal) {
+    rx_channel *ch = loop->channels;
+    while (ch) {
+        if (((ch->flags & RX_CHANNEL_INTERNAL) != 0) != internal) {
+            ch = ch->next;
+            continue;
+        }
+        /* A destructor may close other channels, the next one included: start over each time
+         * (the loop's own channels, skipped by the first pass, are few and were created first,
+         * so they sit at the end of the list). */
+        rx_channel_close(ch);
+        rx_channel_reap(loop);
+        ch = loop->channels;
+    }
 }

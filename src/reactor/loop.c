@@ -38,25 +38,29 @@ void rx_loop_free(rx_loop *loop) {
     if (!loop)
         return;
     loop->running = false;
+    /* The objects users own first, while everything they may call from a destructor or on_close
+     * (post, stop, timers) still works; the loop's own fds (wake-up, signals) last. */
     rx_channel_reap(loop);
-    rx_timer_reap(loop);
+    rx_channel_close_all(loop, false);
     rx_signal_free_all(loop);
-    rx_post_free(loop);
-    rx_channel_free_all(loop);
+    rx_timer_reap(loop);
     rx_timer_free_all(loop);
+    rx_post_free(loop);
+    rx_channel_close_all(loop, true);
     rx_sys.free(loop->hooks);
-    rx_sys.free(loop->scratch);
+    for (int k = 0; k < RX_SCRATCH_KINDS; k++)
+        rx_sys.free(loop->scratch[k]);
     close(loop->epfd);
     rx_sys.free(loop);
 }
 
-char *rx_loop_scratch(rx_loop *loop) {
-    if (!loop->scratch)
-        loop->scratch = rx_sys.malloc(RX_SCRATCH_SIZE);
-    return loop->scratch;
+char *rx_loop_scratch(rx_loop *loop, int kind) {
+    if (!loop->scratch[kind])
+        loop->scratch[kind] = rx_sys.malloc(RX_SCRATCH_SIZE);
+    return loop->scratch[kind];
 }
 
-void rx_loop_scratch_forget(rx_loop *loop) { loop->scratch = NULL; }
+void rx_loop_scratch_forget(rx_loop *loop, int kind) { loop->scratch[kind] = NULL; }
 
 void rx_loop_update_time(rx_loop *loop) {
     struct timespec ts;
@@ -149,7 +153,8 @@ static int dispatch(rx_loop *loop, int n) {
     return dispatched;
 }
 
-int rx_loop_run_once(rx_loop *loop, int timeout_ms) {
+/* One iteration. *stopped tells whether a stop was asked for (and is now consumed). */
+static int iterate(rx_loop *loop, int timeout_ms, bool *stopped) {
     if (loop->running)
         return -EBUSY;
     loop->running = true;
@@ -159,11 +164,16 @@ int rx_loop_run_once(rx_loop *loop, int timeout_ms) {
         rx_loop_update_time(loop);
     if (loop->nhooks > 0)
         run_hooks(loop);
+    if (loop->deferred.head)
+        rx_channel_run_deferred(loop);
 
     int timeout = rx_timer_next_timeout(loop);
     if (timeout_ms >= 0 && (timeout < 0 || timeout > timeout_ms))
         timeout = timeout_ms;
-    if (atomic_load_explicit(&loop->stop, memory_order_relaxed))
+    /* Work already owed (deferred calls asked for by the pass, releases owed from outside the
+     * loop, a stop) must not wait for an event. */
+    *stopped = atomic_exchange(&loop->stop, false);
+    if (*stopped || loop->deferred.head || loop->graveyard)
         timeout = 0;
 
     int n = epoll_wait(loop->epfd, loop->evbuf, RX_MAX_EVENTS, timeout);
@@ -188,17 +198,23 @@ int rx_loop_run_once(rx_loop *loop, int timeout_ms) {
     if (loop->dead_timers)
         rx_timer_reap(loop);
     loop->running = false;
+    /* A stop asked for by this iteration's callbacks belongs to it too. */
+    if (atomic_load_explicit(&loop->stop, memory_order_relaxed))
+        *stopped = atomic_exchange(&loop->stop, false) || *stopped;
     return n;
 }
 
+int rx_loop_run_once(rx_loop *loop, int timeout_ms) {
+    bool stopped;
+    return iterate(loop, timeout_ms, &stopped);
+}
+
 int rx_loop_run(rx_loop *loop) {
-    int rc = 0;
-    while (!atomic_load(&loop->stop)) {
-        rc = rx_loop_run_once(loop, -1);
-        if (rc < 0)
-            break;
-    }
-    atomic_store(&loop->stop, false);
+    bool stopped = false;
+    int rc;
+    do
+        rc = iterate(loop, -1, &stopped);
+    while (rc >= 0 && !stopped);
     return rc < 0 ? rc : 0;
 }
 

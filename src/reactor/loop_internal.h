@@ -13,6 +13,7 @@
 #include <rx/signal.h>
 #include <rx/timer.h>
 
+#include "channel_internal.h"
 #include "scratch.h"
 #include "sys.h"
 
@@ -20,15 +21,17 @@ struct rx_channel {
     rx_loop *loop;
     int fd;
     uint32_t flags;
-    uint32_t interest;
+    uint8_t interest;
     bool registered; /* in the epoll set */
     bool closed;     /* close requested; pending events are dropped */
+    bool deferred;   /* in the loop's deferred list (rx_channel_defer) */
     rx_channel_fn cb;
     void *arg;
     rx_task_fn destructor;
     /* Doubly linked list of live channels, so rx_loop_free can release them; a closed channel
      * moves to the loop's singly linked graveyard until the end of the iteration. */
     rx_channel *prev, *next;
+    rx_channel *defer_next;
 };
 
 struct rx_timer {
@@ -45,11 +48,15 @@ struct rx_timer {
 
 #define RX_TIMER_IDLE ((size_t)-1)
 
-/* Channel flag of the loop's own fds (wake-up eventfd, signalfd): not counted as user events. */
+/* Channel flag of the loop's own fds (wake-up eventfd, signalfd): not counted as user events,
+ * released last by rx_loop_free. */
 #define RX_CHANNEL_INTERNAL (1u << 31)
+/* Channel flag: the allocation holds the owner's object too (rx_channel_new_owner). */
+#define RX_CHANNEL_OWNER_MEM (1u << 30)
 
 struct rx_task {
     rx_task_fn fn;
+    rx_task_fn drop; /* called instead of fn when the loop is freed first; may be NULL */
     void *arg;
     struct rx_task *next;
 };
@@ -73,6 +80,12 @@ struct rx_loop {
 
     rx_channel *channels;  /* live channels */
     rx_channel *graveyard; /* closed, released at the end of the iteration */
+    /* Channels asking for an RX_DEFERRED call before the next poll, in the order they asked;
+     * those asking during the pass (`deferring`) wait in deferred_later for the next one. */
+    struct rx_defer_list {
+        rx_channel *head, *tail;
+    } deferred, deferred_later;
+    bool deferring;
 
     /* Timers: a binary min-heap ordered by (due_ms, seq). */
     rx_timer **timers;
@@ -96,9 +109,8 @@ struct rx_loop {
     int wakefd;
     rx_channel *wake_channel;
 
-    /* A read buffer lent to one connection at a time, so reading needs no per-connection memory
-     * until a message stays incomplete (see src/tcp/conn.c). */
-    char *scratch;
+    /* Buffers lent to one connection at a time (scratch.h). */
+    char *scratch[RX_SCRATCH_KINDS];
 
     /* Signals: one signalfd for every watched signal. */
     struct rx_signal_state *signals;
@@ -110,9 +122,12 @@ RX_INTERNAL void rx_timer_run_due(rx_loop *loop);
 RX_INTERNAL void rx_timer_free_all(rx_loop *loop);
 RX_INTERNAL void rx_timer_reap(rx_loop *loop);
 
-/* Channels (channel.c). */
+/* Channels (channel.c): release the closed ones; run the deferred calls asked for so far (those
+ * asked for meanwhile wait for the next pass); close every live channel with or without the
+ * RX_CHANNEL_INTERNAL flag. */
 RX_INTERNAL void rx_channel_reap(rx_loop *loop);
-RX_INTERNAL void rx_channel_free_all(rx_loop *loop);
+RX_INTERNAL void rx_channel_run_deferred(rx_loop *loop);
+RX_INTERNAL void rx_channel_close_all(rx_loop *loop, bool internal);
 
 /* Posted tasks (post.c). */
 RX_INTERNAL int rx_post_init(rx_loop *loop);
@@ -120,7 +135,8 @@ RX_INTERNAL void rx_post_run(rx_loop *loop);
 RX_INTERNAL void rx_post_wake(rx_loop *loop);
 RX_INTERNAL void rx_post_free(rx_loop *loop);
 
-/* Signals (signal.c). */
+/* Signals (signal.c). rx_signal_free_all takes the loop out of the process-wide registry of
+ * watching loops, after which no other loop forwards (posts) to it: call it before rx_post_free. */
 RX_INTERNAL void rx_signal_free_all(rx_loop *loop);
 
 #endif

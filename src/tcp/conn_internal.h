@@ -6,87 +6,140 @@
 #include <rx/conn.h>
 #include <rx/timer.h>
 
+#include "channel_internal.h"
+#include "scratch.h"
 #include "sys.h"
 
-/* A file range queued with rx_conn_sendfile; `before` counts the buffered bytes between the
- * previous range (or the queue head) and this one. */
-struct rx_file_seg {
-    int fd;
-    off_t offset;
-    size_t len;
-    size_t before;
+/* The read side and the write side of a connection, each with its own few states (the table of
+ * transitions is at the top of conn.c). */
+enum conn_rd {
+    RD_OPEN,   /* reading; bytes go to on_data */
+    RD_PAUSED, /* rx_conn_pause_read: the kernel keeps what arrives */
+    RD_EOF,    /* the peer ended its stream: nothing more will come */
+    RD_DRAIN,  /* closing: what the peer still sends is read and dropped until its end */
+    RD_CLOSED, /* the fd is closed */
+};
+enum conn_wr {
+    WR_OPEN,   /* sends accepted; what the socket does not take waits in the queue */
+    WR_FLUSH,  /* no more sends: the queue goes out, then our side is shut (FIN) */
+    WR_SHUT,   /* our side is shut */
+    WR_CLOSED, /* the fd is closed */
 };
 
-struct rx_connect_state;
+/* c->reason while no close is under way. */
+#define CLOSE_NONE 0xff
 
+/* c->bits */
+enum {
+    B_EDGE = 1u << 0, /* rx_conn_opts switches, see conn.h */
+    B_OWN_BUFFERS = 1u << 1,
+    B_ALWAYS_QUEUE = 1u << 2,
+    B_ABOVE_HIGH = 1u << 3, /* on_high_water ran; on_low_water is next */
+    B_IN_DATA = 1u << 4,    /* inside on_data: appended output waits for it to return */
+    B_OUT_LENT = 1u << 5,   /* `out` is the loop's output scratch buffer, lent during on_data */
+    B_OWE_DRAIN = 1u << 6,  /* on_drain is due */
+    B_OWE_INPUT = 1u << 7,  /* buffered input is due to on_data (after a resume) */
+    B_OWE_READ = 1u << 8,   /* an edge-triggered read stopped at its cap: more is waiting */
+    B_DROPPED = 1u << 9,    /* closing dropped input the peer sent: it may send more */
+};
+
+struct rx_file_queue;
+struct rx_connect_state;
+struct rx_server;
+
+/* The memory of a connection lives in its channel's allocation (rx_channel_new_owner): one block,
+ * released at the end of the iteration in which it closed. */
 struct rx_conn {
-    rx_loop *loop;
     rx_channel *ch;
-    int fd;
-    rx_conn_state state;
     const rx_conn_callbacks *cbs;
     void *arg;
-    rx_buffer in, out;
-
-    struct rx_file_seg *segs; /* ring of queued file ranges */
-    size_t seg_head, nsegs, segs_cap;
-    size_t seg_before; /* sum of `before` over queued ranges */
-    size_t file_bytes; /* sum of `len` over queued ranges */
-
+    rx_buffer *in; /* bytes kept between reads (an incomplete message); NULL: none */
+    rx_buffer out; /* queued output before, between and after file ranges */
+    struct rx_file_queue *files;
     size_t high_water, low_water;
-    bool above_high;
-    bool owe_low, owe_drain; /* callbacks due that could not run where they became due */
-    bool waiting_write;      /* output is queued and EPOLLOUT is watched */
-    bool read_paused;
-    bool in_data;      /* inside on_data: appended output waits for the callback to return */
-    bool shut_pending; /* rx_conn_shutdown asked; done once the queue is written */
-    bool write_shut;
-    bool peer_eof;
-    bool lingering; /* closing: our side is shut, reading to the peer's end of stream */
-    bool edge;      /* rx_conn_opts switches, see conn.h */
-    bool own_buffers;
-    bool always_queue;
-
+    rx_timer *idle;        /* the idle timeout, while the connection is not closing */
+    rx_timer *close_timer; /* the deadline of a graceful close */
     uint64_t idle_ms, last_active;
-    rx_timer *idle; /* idle timeout, then the lingering close's limit */
-    rx_timer *kick; /* hands buffered input to on_data after a resume */
-
-    rx_close_reason reason; /* why it is closing / closed */
-    int err;
     unsigned long long bytes_in, bytes_out;
-
-    /* Server bookkeeping: called once when the connection is released, before on_close. */
-    void (*owner_release)(rx_conn *c, void *owner);
-    void *owner;
-    rx_conn *owner_prev, *owner_next;
-
-    struct rx_connect_state *connect; /* connector attempt state while connecting */
+    struct rx_server *owner;          /* the server that accepted it, until it lets go */
+    struct rx_connect_state *connect; /* non-NULL while connecting (connector.c) */
+    int fd;
+    uint32_t close_ms; /* deadline of a graceful close */
+    int16_t err;       /* on_close's err (a negative errno fits) */
+    uint16_t bits;
+    uint8_t rd, wr; /* enum conn_rd, enum conn_wr */
+    uint8_t reason; /* rx_close_reason of the close under way; CLOSE_NONE */
 };
 
-/* Wraps fd in a connection in the given state (RX_CONN_OPEN or RX_CONN_CONNECTING). */
-RX_INTERNAL rx_conn *rx_conn_create(rx_loop *loop, int fd, rx_conn_state state,
+/* Small facts about a connection, shared by its files. */
+static inline bool rx_conn_has(const rx_conn *c, unsigned bit) { return (c->bits & bit) != 0; }
+static inline bool rx_conn_closing(const rx_conn *c) { return c->reason != CLOSE_NONE; }
+static inline bool rx_conn_is_closed(const rx_conn *c) { return c->rd == RD_CLOSED; }
+static inline bool rx_conn_connecting(const rx_conn *c) { return c->connect != NULL; }
+static inline rx_loop *rx_conn_loop_of(const rx_conn *c) { return rx_channel_loop(c->ch); }
+static inline bool rx_conn_writing(const rx_conn *c) {
+    return c->wr == WR_OPEN || c->wr == WR_FLUSH;
+}
+static inline bool rx_conn_waiting_write(const rx_conn *c) {
+    return rx_channel_interest(c->ch) & RX_WRITABLE;
+}
+static inline void rx_conn_touch(rx_conn *c) {
+    c->last_active = rx_loop_now_ms(rx_channel_loop(c->ch));
+}
+
+/* Wraps fd in a connection; `connecting` leaves interest to the connector. */
+RX_INTERNAL rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting,
                                     const rx_conn_opts *opts, const rx_conn_callbacks *cbs,
                                     void *arg);
 
 /* Moves a connecting connection to a new socket (a retry); the old one is closed. */
-RX_INTERNAL int rx_conn_replace_fd(rx_conn *c, int fd);
+RX_INTERNAL void rx_conn_replace_fd(rx_conn *c, int fd);
 
-/* The connect finished: RX_CONN_OPEN, read interest, on_open, flush what was queued. */
+/* The connect finished: on_open (unless a close is under way), then what was queued meanwhile. */
 RX_INTERNAL void rx_conn_established(rx_conn *c);
 
 /* Closes now: fd closed, on_close owed at the end of the iteration. */
 RX_INTERNAL void rx_conn_close_now(rx_conn *c, rx_close_reason reason, int err);
 
-/* Whether sends are still accepted (not closing, write side not shut or about to be). */
-RX_INTERNAL bool rx_conn_can_write(const rx_conn *c);
+/* A graceful close bounded by ms instead of the connection's close timeout (server stop). */
+RX_INTERNAL void rx_conn_close_within(rx_conn *c, uint64_t ms);
 
-/* Output queue (conn_output.c): write as far as the socket takes it (0, or a negative errno),
- * and release queued file ranges. */
-RX_INTERNAL int rx_conn_write_queue(rx_conn *c);
+/* The live connection after c among the loop's (the first for NULL), or NULL at the end. Closing
+ * c takes it out of the list: fetch the next one first. */
+RX_INTERNAL rx_conn *rx_conn_next(rx_loop *loop, rx_conn *c);
+
+/* State machine helpers (conn.c): interest from the two sides; close once both ended; the close
+ * reason for a failed I/O's errno; give a lent scratch buffer back (bytes left move to *keep;
+ * 0 or -ENOMEM). */
+RX_INTERNAL void rx_conn_update_interest(rx_conn *c);
+RX_INTERNAL void rx_conn_maybe_finish(rx_conn *c);
+RX_INTERNAL rx_close_reason rx_conn_reason_for(int err);
+RX_INTERNAL int rx_conn_unlend(rx_conn *c, rx_buffer *buf, int kind, rx_buffer *keep);
+
+/* Write side (conn_write.c): write what is queued (bounded per call) and settle the write side;
+ * on_high_water when the queue rose above the mark; the marks and on_drain as things stand
+ * (loop context only); give the lent output scratch back. */
+RX_INTERNAL void rx_conn_write_out(rx_conn *c);
+RX_INTERNAL void rx_conn_check_high(rx_conn *c);
+RX_INTERNAL void rx_conn_notify(rx_conn *c);
+RX_INTERNAL void rx_conn_unlend_out(rx_conn *c);
+
+/* Output queue (conn_output.c): bytes of file ranges queued; write at most `cap` bytes as far as
+ * the socket takes them (0: the queue is empty or the socket full; 1: stopped at the cap; or a
+ * negative errno); release the file ranges (closing their fds). */
+RX_INTERNAL size_t rx_conn_file_bytes(const rx_conn *c);
+RX_INTERNAL int rx_conn_write_queue(rx_conn *c, size_t cap);
 RX_INTERNAL void rx_conn_release_files(rx_conn *c);
+
+/* Queues len bytes of fd from offset behind everything queued. Returns 0 or -ENOMEM (fd is then
+ * still the caller's). */
+RX_INTERNAL int rx_conn_queue_file(rx_conn *c, int fd, off_t offset, size_t len);
 
 /* Connector side (connector.c). */
 RX_INTERNAL void rx_connect_on_event(rx_conn *c, uint32_t ready);
 RX_INTERNAL void rx_connect_release(rx_conn *c);
+
+/* Server side (server.c): the connection is being released. */
+RX_INTERNAL void rx_server_conn_released(struct rx_server *s, rx_conn *c);
 
 #endif

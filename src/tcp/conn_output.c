@@ -1,5 +1,5 @@
 /* rx_conn output queue: buffered bytes and file ranges (sendfile) in one order, written as far as
- * the socket takes them. */
+ * the socket takes them, a bounded amount per call so one fast peer cannot hold the loop. */
 #include "conn_internal.h"
 
 #include <errno.h>
@@ -8,37 +8,70 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-size_t rx_conn_queued(const rx_conn *c) { return rx_buffer_len(&c->out) + c->file_bytes; }
+/* A file range queued with rx_conn_sendfile; `before` counts the buffered bytes between the
+ * previous range (or the queue head) and this one. */
+struct rx_file_seg {
+    int fd;
+    off_t offset;
+    size_t len;
+    size_t before;
+};
+
+/* A ring of ranges, allocated with the first one and released with the last. */
+struct rx_file_queue {
+    size_t head, n, cap;
+    size_t before_sum; /* sum of `before` over the ranges */
+    size_t bytes;      /* sum of `len` */
+    struct rx_file_seg seg[];
+};
+
+size_t rx_conn_file_bytes(const rx_conn *c) { return c->files ? c->files->bytes : 0; }
+
+size_t rx_conn_queued(const rx_conn *c) { return rx_buffer_len(&c->out) + rx_conn_file_bytes(c); }
 
 void rx_conn_release_files(rx_conn *c) {
-    for (size_t i = 0; i < c->nsegs; i++)
-        close(c->segs[(c->seg_head + i) % c->segs_cap].fd);
-    rx_sys.free(c->segs);
-    c->segs = NULL;
-    c->nsegs = c->segs_cap = c->seg_head = 0;
-    c->seg_before = c->file_bytes = 0;
+    struct rx_file_queue *q = c->files;
+    if (!q)
+        return;
+    for (size_t i = 0; i < q->n; i++)
+        close(q->seg[(q->head + i) % q->cap].fd);
+    rx_sys.free(q);
+    c->files = NULL;
 }
 
-/* Sends buffered bytes up to the next file range, then that range, and so on. Returns 0 when the
- * queue is empty or the socket is full, or a negative errno. */
-int rx_conn_write_queue(rx_conn *c) {
+/* One sendfile of the range at the head of the queue. */
+static ssize_t send_file_range(rx_conn *c, size_t cap) {
+    struct rx_file_queue *q = c->files;
+    struct rx_file_seg *seg = &q->seg[q->head];
+    size_t chunk = seg->len < cap ? seg->len : cap;
+    ssize_t n = rx_sys.sendfile(c->fd, seg->fd, &seg->offset, chunk);
+    if (n == 0) {
+        errno = EIO; /* the file shrank under us: the promised bytes cannot come */
+        return -1;
+    }
+    if (n > 0) {
+        seg->len -= (size_t)n;
+        q->bytes -= (size_t)n;
+        if (seg->len == 0) {
+            close(seg->fd);
+            q->head = (q->head + 1) % q->cap;
+            if (--q->n == 0)
+                rx_conn_release_files(c);
+        }
+    }
+    return n;
+}
+
+int rx_conn_write_queue(rx_conn *c, size_t cap) {
+    size_t written = 0;
     while (rx_conn_queued(c) > 0) {
-        struct rx_file_seg *seg = c->nsegs ? &c->segs[c->seg_head] : NULL;
+        if (written >= cap)
+            return 1;
+        struct rx_file_queue *q = c->files;
+        struct rx_file_seg *seg = q ? &q->seg[q->head] : NULL;
         ssize_t n;
         if (seg && seg->before == 0) {
-            size_t chunk = seg->len > (size_t)INT_MAX ? (size_t)INT_MAX : seg->len;
-            n = rx_sys.sendfile(c->fd, seg->fd, &seg->offset, chunk);
-            if (n == 0)
-                return -EIO; /* the file shrank under us: the promised bytes cannot come */
-            if (n > 0) {
-                seg->len -= (size_t)n;
-                c->file_bytes -= (size_t)n;
-                if (seg->len == 0) {
-                    close(seg->fd);
-                    c->seg_head = (c->seg_head + 1) % c->segs_cap;
-                    c->nsegs--;
-                }
-            }
+            n = send_file_range(c, cap - written);
         } else {
             size_t limit = seg ? seg->before : rx_buffer_len(&c->out);
             n = rx_sys.send(c->fd, rx_buffer_peek(&c->out), limit, MSG_NOSIGNAL);
@@ -46,7 +79,7 @@ int rx_conn_write_queue(rx_conn *c) {
                 rx_buffer_consume(&c->out, (size_t)n);
                 if (seg) {
                     seg->before -= (size_t)n;
-                    c->seg_before -= (size_t)n;
+                    q->before_sum -= (size_t)n;
                 }
             }
         }
@@ -56,40 +89,44 @@ int rx_conn_write_queue(rx_conn *c) {
             return errno == EAGAIN ? 0 : -errno;
         }
         c->bytes_out += (size_t)n;
+        written += (size_t)n;
     }
     return 0;
 }
 
-int rx_conn_sendfile(rx_conn *c, int fd, off_t offset, size_t len) {
-    if (!rx_conn_can_write(c)) {
-        close(fd);
-        return -EPIPE;
-    }
-    if (len == 0) {
-        close(fd);
+/* Room for one more range (the ring unrolled into a bigger block when full). */
+static int files_reserve(rx_conn *c) {
+    struct rx_file_queue *q = c->files;
+    if (q && q->n < q->cap)
         return 0;
+    size_t cap = q ? q->cap * 2 : 2;
+    struct rx_file_queue *nq = rx_sys.malloc(sizeof(*nq) + cap * sizeof(nq->seg[0]));
+    if (!nq)
+        return -ENOMEM;
+    *nq = (struct rx_file_queue){.cap = cap};
+    if (q) {
+        for (size_t i = 0; i < q->n; i++)
+            nq->seg[i] = q->seg[(q->head + i) % q->cap];
+        nq->n = q->n;
+        nq->before_sum = q->before_sum;
+        nq->bytes = q->bytes;
+        rx_sys.free(q);
     }
-    if (c->nsegs == c->segs_cap) {
-        size_t cap = c->segs_cap ? c->segs_cap * 2 : 2;
-        struct rx_file_seg *segs = rx_sys.malloc(cap * sizeof(*segs));
-        if (!segs) {
-            close(fd);
-            return -ENOMEM;
-        }
-        for (size_t i = 0; i < c->nsegs; i++) /* unroll the ring into the new array */
-            segs[i] = c->segs[(c->seg_head + i) % c->segs_cap];
-        rx_sys.free(c->segs);
-        c->segs = segs;
-        c->segs_cap = cap;
-        c->seg_head = 0;
-    }
-    size_t before = rx_buffer_len(&c->out) - c->seg_before;
-    c->segs[(c->seg_head + c->nsegs) % c->segs_cap] =
+    c->files = nq;
+    return 0;
+}
+
+/* Appends the range behind everything queued; the caller checked that sends are accepted.
+ * Returns 0 or -ENOMEM (fd then still the caller's). */
+int rx_conn_queue_file(rx_conn *c, int fd, off_t offset, size_t len) {
+    if (files_reserve(c) < 0)
+        return -ENOMEM;
+    struct rx_file_queue *q = c->files;
+    size_t before = rx_buffer_len(&c->out) - q->before_sum;
+    q->seg[(q->head + q->n) % q->cap] =
         (struct rx_file_seg){.fd = fd, .offset = offset, .len = len, .before = before};
-    c->nsegs++;
-    c->seg_before += before;
-    c->file_bytes += len;
-    if (!c->in_data && !c->waiting_write)
-        return rx_conn_flush(c);
+    q->n++;
+    q->before_sum += before;
+    q->bytes += len;
     return 0;
 }

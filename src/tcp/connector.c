@@ -64,16 +64,18 @@ static void attempt_failed(rx_conn *c, int err) {
         st->backoff_ms > st->backoff_max_ms / 2 ? st->backoff_max_ms : st->backoff_ms * 2;
 }
 
-/* Waits for the attempt on the current socket: its timeout, or at once its immediate failure. */
+/* Waits for the attempt on the current socket: writability, its timeout, or at once its
+ * immediate failure. */
 static void arm_attempt(rx_conn *c, int err) {
     struct rx_connect_state *st = c->connect;
     st->backing_off = false;
     st->failed_now = err;
-    if (err)
-        rx_channel_set_interest(c->ch, 0);
+    int rc = rx_channel_set_interest(c->ch, err ? 0 : RX_WRITABLE);
     uint64_t ms = err ? 0 : st->timeout_ms;
-    if ((err || ms) && rx_timer_start(st->timer, ms, 0) < 0)
-        rx_conn_close_now(c, RX_CLOSE_ERROR, -ENOMEM);
+    if (rc == 0 && (err || ms))
+        rc = rx_timer_start(st->timer, ms, 0);
+    if (rc < 0)
+        rx_conn_close_now(c, RX_CLOSE_ERROR, rc);
 }
 
 static void on_timer(rx_timer *t, void *arg) {
@@ -90,8 +92,8 @@ static void on_timer(rx_timer *t, void *arg) {
         attempt_failed(c, fd);
         return;
     }
-    if (rx_conn_replace_fd(c, fd) == 0)
-        arm_attempt(c, err);
+    rx_conn_replace_fd(c, fd);
+    arm_attempt(c, err);
 }
 
 void rx_connect_on_event(rx_conn *c, uint32_t ready) {
@@ -144,7 +146,7 @@ rx_conn *rx_connect(rx_loop *loop, const rx_connect_opts *opts) {
         errno = -fd;
         return NULL;
     }
-    rx_conn *c = rx_conn_create(loop, fd, RX_CONN_CONNECTING, &opts->conn, opts->cbs, opts->arg);
+    rx_conn *c = rx_conn_create(loop, fd, true, &opts->conn, opts->cbs, opts->arg);
     if (!c) {
         rx_sys.free(st);
         return NULL;

@@ -15,13 +15,12 @@ struct rx_server {
     size_t max_conns;
     const rx_conn_callbacks *cbs;
     void *arg;
-    rx_conn *conns;
-    size_t count;
+    size_t count; /* connections whose owner is this server */
     unsigned long long accepted;
 
-    /* Graceful stop. */
+    /* Graceful stop: when deadline_ms has passed, the connections still open are closed, each
+     * within another deadline_ms (after which rx_conn aborts it). */
     bool stopping;
-    int stop_phase; /* 0: waiting for connections to finish, 1: closing them, 2: aborting */
     uint64_t deadline_ms;
     rx_timer *stop_timer;
     rx_task_fn on_stopped;
@@ -39,21 +38,9 @@ static void stopped(rx_server *s) {
     }
 }
 
-static void unlink_conn(rx_server *s, rx_conn *c) {
-    if (c->owner_prev)
-        c->owner_prev->owner_next = c->owner_next;
-    else
-        s->conns = c->owner_next;
-    if (c->owner_next)
-        c->owner_next->owner_prev = c->owner_prev;
-    c->owner_prev = c->owner_next = NULL;
-    c->owner_release = NULL;
+void rx_server_conn_released(rx_server *s, rx_conn *c) {
+    c->owner = NULL;
     s->count--;
-}
-
-static void on_conn_release(rx_conn *c, void *owner) {
-    rx_server *s = owner;
-    unlink_conn(s, c);
     if (s->stopping && s->count == 0)
         stopped(s);
 }
@@ -66,33 +53,31 @@ static void on_accept(rx_listener *l, int fd, const rx_addr *peer, void *arg) {
         close(fd); /* over the limit: the client sees its connection end at once */
         return;
     }
-    rx_conn *c = rx_conn_create(s->loop, fd, RX_CONN_OPEN, &s->conn_opts, s->cbs, s->arg);
+    rx_conn *c = rx_conn_create(s->loop, fd, false, &s->conn_opts, s->cbs, s->arg);
     if (!c)
         return;
-    c->owner_release = on_conn_release;
     c->owner = s;
-    c->owner_next = s->conns;
-    if (s->conns)
-        s->conns->owner_prev = c;
-    s->conns = c;
     s->count++;
     s->accepted++;
     if (s->cbs->on_open)
         s->cbs->on_open(c, c->arg);
 }
 
-static void on_stop_timer(rx_timer *t, void *arg) {
-    rx_server *s = arg;
-    s->stop_phase++;
-    /* rx_conn_close/abort only mark; the list changes at the end of the iteration. */
-    for (rx_conn *c = s->conns; c; c = c->owner_next) {
-        if (s->stop_phase == 1)
-            rx_conn_close(c);
-        else
-            rx_conn_abort(c);
+/* Calls fn on every connection of the server (fn may close it). */
+static void each_conn(rx_server *s, void (*fn)(rx_server *s, rx_conn *c)) {
+    rx_conn *next;
+    for (rx_conn *c = rx_conn_next(s->loop, NULL); c; c = next) {
+        next = rx_conn_next(s->loop, c);
+        if (c->owner == s)
+            fn(s, c);
     }
-    if (s->stop_phase == 1)
-        rx_timer_start(t, s->deadline_ms, 0);
+}
+
+static void close_conn(rx_server *s, rx_conn *c) { rx_conn_close_within(c, s->deadline_ms); }
+
+static void on_stop_timer(rx_timer *t, void *arg) {
+    (void)t;
+    each_conn(arg, close_conn);
 }
 
 rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts) {
@@ -144,15 +129,18 @@ void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, v
         rx_timer_start(s->stop_timer, deadline_ms, 0);
 }
 
+/* The connection outlives the server until its on_close: it forgets its owner first. */
+static void abort_conn(rx_server *s, rx_conn *c) {
+    c->owner = NULL;
+    s->count--;
+    rx_conn_abort(c);
+}
+
 void rx_server_free(rx_server *s) {
     if (!s)
         return;
     rx_listener_free(s->listener);
-    while (s->conns) {
-        rx_conn *c = s->conns;
-        unlink_conn(s, c); /* the connection outlives the server until its on_close */
-        rx_conn_abort(c);
-    }
+    each_conn(s, abort_conn);
     rx_timer_free(s->stop_timer);
     rx_sys.free(s);
 }
