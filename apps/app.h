@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <rx/rx.h>
 
@@ -22,6 +23,43 @@ static inline int app_parse_count(const char *s, unsigned long long max, unsigne
         return -1;
     *out = v;
     return 0;
+}
+
+/* Raises the soft limit of open files to the hard one, as nginx's worker_rlimit_nofile does: a
+ * shell's usual soft limit of 1024 would cap a C10K demo at about 1,000 connections. Returns the
+ * soft limit in force afterwards. */
+static inline unsigned long long app_raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return 0;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return (unsigned long long)rl.rlim_cur;
+}
+
+/* A warning when the listener sheds connections for lack of fds: at most one line a second, with
+ * the count since the last one. */
+typedef struct app_shed {
+    const char *prog;
+    rx_loop *loop;
+    uint64_t next_ms;
+    unsigned long long unreported;
+} app_shed;
+
+static inline void app_on_shed(rx_listener *l, app_shed *w) {
+    w->unreported++;
+    uint64_t now = rx_loop_now_ms(w->loop);
+    if (now < w->next_ms)
+        return;
+    fprintf(stderr,
+            "%s: out of file descriptors: %llu connection(s) closed at once (%llu in all); raise "
+            "the open files limit (ulimit -n) or lower the load\n",
+            w->prog, w->unreported, rx_listener_shed(l));
+    w->unreported = 0;
+    w->next_ms = now + 1000;
 }
 
 /* The switches every server has; app-specific ones are passed in `app` (names) and reported in

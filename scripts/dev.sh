@@ -13,9 +13,10 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
 cd "$root"
 
 # Debian packages: build tools, libcheck, curl and python3 for integration tests, libevent for
-# the bench peer, valgrind for the valgrind pass. libc6-dev is only a Recommends of gcc.
+# the bench peer, valgrind for the valgrind pass, clang and its libFuzzer runtime (libclang-rt-dev,
+# not pulled in by clang) for the fuzz pass. libc6-dev is only a Recommends of gcc.
 deps_packages=(meson ninja-build pkg-config check gcc libc6-dev python3 curl libevent-dev valgrind
-    clang)
+    clang libclang-rt-dev)
 
 usage() {
     sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"

@@ -1,17 +1,21 @@
 """The example servers as the integration tests run them: a real binary listening on an
 ephemeral 127.0.0.1 port, stopped by a signal to its PID."""
 import re
+import resource
 import signal
 import socket
 import subprocess
 
 
 class AppServer:
-    def __init__(self, argv):
-        """argv: the server command without --listen; its first stdout line names the port."""
-        self.proc = subprocess.Popen([*argv, "--listen", "127.0.0.1:0"],
+    def __init__(self, argv, nofile=None):
+        """argv: the server command without --listen; its first stdout line names the port.
+        nofile: (soft, hard) RLIMIT_NOFILE to start it with."""
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None
+        self.proc = subprocess.Popen([*argv, "--listen", "127.0.0.1:0"], preexec_fn=limit,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
+        self.first_line = line
         m = re.search(r"127\.0\.0\.1:(\d+)", line)
         if not m:
             self.proc.kill()

@@ -3,6 +3,7 @@
 echo-load and plain sockets. Usage: echo_integration.py RX_ECHO_BINARY ECHO_LOAD_BINARY"""
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -21,8 +22,8 @@ LOAD = None
 
 
 class Server(AppServer):
-    def __init__(self, *flags):
-        super().__init__([ECHO, *flags])
+    def __init__(self, *flags, nofile=None):
+        super().__init__([ECHO, *flags], nofile=nofile)
 
 
 class Echo(unittest.TestCase):
@@ -43,6 +44,45 @@ class Echo(unittest.TestCase):
             rc, out, _ = srv.stop()
         self.assertEqual(rc, 0)
         self.assertRegex(out, r"\d+ connections, \d+ bytes in, \d+ bytes out")
+
+    def test_raises_open_files_limit_and_says_so(self):
+        """Issue 9 item 16: started with the shell's usual soft limit, the demo raises it to the
+        hard one and says so, instead of shedding past about 1,000 connections."""
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        soft = min(1024, hard)
+        srv = Server(nofile=(soft, hard))
+        try:
+            self.assertIn("open files limit %d" % hard, srv.first_line)
+            with open("/proc/%d/limits" % srv.proc.pid) as f:
+                line = next(l for l in f if l.startswith("Max open files"))
+            self.assertEqual(int(line.split()[3]), hard)
+        finally:
+            srv.stop()
+
+    def test_shedding_is_reported(self):
+        """Issue 9 item 16: when the process is out of fds, the listener sheds connections (the
+        client sees its connection end at once) and the app warns, at most once a second."""
+        srv = Server(nofile=(40, 40))
+        socks = []
+        try:
+            for _ in range(60):
+                socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
+            ended = 0
+            for s in socks[40:]:
+                s.settimeout(2)
+                try:
+                    s.sendall(b"x")
+                    ended += s.recv(1) == b""
+                except (ConnectionResetError, BrokenPipeError):
+                    ended += 1
+            self.assertGreater(ended, 0)
+        finally:
+            for s in socks:
+                s.close()
+            _, _, err = srv.stop()
+        warnings = re.findall(r"out of file descriptors: (\d+) connection", err)
+        self.assertGreaterEqual(len(warnings), 1, err)
+        self.assertLessEqual(len(warnings), 2, err)  # rate-limited: the test takes < 2 s
 
     def test_stream_mode_large_messages(self):
         srv = Server()

@@ -557,6 +557,62 @@ class HttpLite(unittest.TestCase):
         self.assertEqual(c.getresponse().status, 200)
         s.close()
 
+    def test_request_behind_a_large_response_is_answered(self):
+        """Issue 9 item 1: a request pipelined behind a response between the output limit
+        (256 KiB) and 1 MiB used to wait for the idle timeout (408)."""
+        with tempfile.TemporaryDirectory() as root:
+            with open(os.path.join(root, "big.bin"), "wb") as f:
+                f.write(os.urandom(500 * 1024))
+            srv = Server("--idle-timeout", "30", root=root)
+            try:
+                body = os.urandom(300 * 1000)
+                for first in [b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n"
+                              % len(body) + body,
+                              b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n"]:
+                    s = srv.sock(timeout=5)
+                    s.sendall(first + b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+                    t0 = time.monotonic()
+                    status, _, got, rest = read_response(s)
+                    self.assertEqual(status, 200)
+                    self.assertEqual(len(got), len(body) if first.startswith(b"POST") else
+                                     500 * 1024)
+                    status, _, got, _ = read_response(s, rest)
+                    self.assertEqual((status, got), (200, b"Hello, World!"))
+                    self.assertLess(time.monotonic() - t0, 2.0)
+                    s.close()
+            finally:
+                self.assertEqual(srv.stop()[0], 0)
+
+    def test_idle_keep_alive_connections_cost_little(self):
+        """Issue 9: 2,000 connections that made one request each and sit idle hold at most about
+        400 bytes of the server's memory apiece (the session goes back between requests)."""
+        n = 2000
+        srv = Server()
+        socks = []
+        try:
+            # Warm up the allocator with a first batch, measured from there.
+            before = None
+            for i in range(n):
+                s = srv.sock()
+                s.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+                socks.append(s)
+                if i == 99:
+                    for t in socks:
+                        read_response(t)
+                    time.sleep(0.1)
+                    before = srv.rss_kib()
+            for t in socks[100:]:
+                read_response(t)
+            time.sleep(0.2)
+            per_conn = (srv.rss_kib() - before) * 1024 / (n - 100)
+            limit = 4096 if os.environ.get("RX_SANITIZED") == "1" else 400
+            self.assertLess(per_conn, limit, "%.0f bytes per idle keep-alive connection"
+                            % per_conn)
+        finally:
+            for t in socks:
+                t.close()
+            self.assertEqual(srv.stop()[0], 0)
+
     def test_every_tune_switch_still_serves_correctly(self):
         # The switches bench/run uses to measure techniques must not change behaviour.
         srv = Server("--tune", "edge,own-buffers,always-queue,nagle,accept-one,no-backpressure,"

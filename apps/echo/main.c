@@ -17,6 +17,7 @@ struct echo {
     rx_server *server;
     unsigned long long conns, bytes_in, bytes_out;
     bool backpressure; /* --tune no-backpressure clears it */
+    app_shed shed;
 };
 
 static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
@@ -49,6 +50,11 @@ static void on_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
     e->conns++;
     e->bytes_in += rx_conn_bytes_in(c);
     e->bytes_out += rx_conn_bytes_out(c);
+}
+
+static void on_shed(rx_listener *l, void *arg) {
+    struct echo *e = arg;
+    app_on_shed(l, &e->shed);
 }
 
 static const rx_conn_callbacks echo_callbacks = {
@@ -139,11 +145,14 @@ int main(int argc, char **argv) {
     }
 
     opts.arg = &e;
+    opts.listener.on_shed = on_shed;
+    unsigned long long nofile = app_raise_nofile();
     e.loop = rx_loop_new();
     if (!e.loop) {
         fprintf(stderr, "rx-echo: cannot create the loop: %s\n", strerror(errno));
         return 1;
     }
+    e.shed = (app_shed){.prog = "rx-echo", .loop = e.loop};
     e.server = rx_server_new(e.loop, &opts);
     if (!e.server) {
         fprintf(stderr, "rx-echo: cannot listen on %s: %s\n", opts.listen, strerror(errno));
@@ -158,7 +167,7 @@ int main(int argc, char **argv) {
     }
     char where[RX_ADDR_STRLEN];
     rx_addr_format(rx_server_addr(e.server), where, sizeof(where));
-    printf("rx-echo listening on %s\n", where);
+    printf("rx-echo listening on %s (open files limit %llu)\n", where, nofile);
     fflush(stdout);
 
     int rc = rx_loop_run(e.loop);

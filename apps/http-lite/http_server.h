@@ -9,6 +9,7 @@
 
 #include <rx/rx.h>
 
+#include "../app.h"
 #include "http_parser.h"
 
 typedef struct http_config {
@@ -36,12 +37,14 @@ typedef struct http_server {
     int root_fd; /* an O_PATH descriptor of --root: files are opened beneath it only */
     http_stats stats;
     FILE *log;
+    app_shed shed;
     /* "Date: ...\r\n" for the current second, rebuilt at most once a second. */
     char date_line[48];
     size_t date_len;
     uint64_t date_next_ms;   /* loop time at which the wall-clock second changes */
     http_request shared_req; /* parse target of requests that arrive whole */
-    http_request *req_pool;  /* recycled request structs for requests that span reads */
+    void *req_pool;          /* recycled request structs for requests that span reads */
+    void *session_pool;      /* recycled sessions */
     int last_status;         /* of the last response head written, for the access log */
     unsigned long long last_length;
 } http_server;
@@ -50,10 +53,15 @@ typedef struct http_server {
  * so (an HTTP/1.0 client that asked for keep-alive). */
 enum { HTTP_CONN_CLOSE, HTTP_CONN_KEEP, HTTP_CONN_KEEP_10 };
 
+/* Output queued beyond this pauses request processing (and reading) until the client reads: the
+ * connections' high-water mark. */
+#define HTTP_OUTPUT_LIMIT (256 * 1024)
+
 /* Connection callbacks (http_session.c); the server's rx_server_opts.arg must be srv, given to
- * http_session_setup first. */
+ * http_session_setup first. http_session_cleanup frees the recycled memory at exit. */
 extern const rx_conn_callbacks http_session_callbacks;
 void http_session_setup(http_server *srv);
+void http_session_cleanup(http_server *srv);
 
 /* Response helpers (http_response.c). */
 const char *http_reason(int status);

@@ -8,9 +8,6 @@
 
 #include "http_server.h"
 
-/* Output queued beyond this pauses request processing (and reading) until the client reads. */
-#define OUTPUT_LIMIT (256 * 1024)
-
 typedef enum { TIMEOUT_NONE, TIMEOUT_HEADER, TIMEOUT_IDLE } timeout_mode;
 
 typedef struct session {
@@ -27,26 +24,37 @@ typedef struct session {
     unsigned long long seen_in, seen_out; /* connection byte counters already in the stats */
 } session;
 
-/* A request spanning reads keeps its parse results in memory of its own, recycled through the
- * server's pool; most requests arrive whole and parse into the server's one shared struct (the
- * loop is single-threaded), so they need none. */
-static http_request *req_borrow(http_server *srv) {
-    http_request *r = srv->req_pool;
-    if (r)
-        srv->req_pool = *(http_request **)r; /* free entries keep the next pointer in place */
+/* Sessions and the parse results of requests that span reads are recycled through free lists of
+ * the server, so steady traffic allocates nothing; free entries keep the next pointer in place. */
+static void *pool_take(void **pool, size_t size) {
+    void *p = *pool;
+    if (p)
+        *pool = *(void **)p;
     else
-        r = malloc(sizeof(*r));
-    return r;
+        p = malloc(size);
+    return p;
 }
 
-static void req_return(http_server *srv, http_request *r) {
-    *(http_request **)r = srv->req_pool;
-    srv->req_pool = r;
+static void pool_give(void **pool, void *p) {
+    *(void **)p = *pool;
+    *pool = p;
 }
+
+/* Most requests arrive whole and parse into the server's one shared struct (the loop is
+ * single-threaded); one spanning reads needs its own. */
+static http_request *req_borrow(http_server *srv) {
+    return pool_take(&srv->req_pool, sizeof(http_request));
+}
+
+static void req_return(http_server *srv, http_request *r) { pool_give(&srv->req_pool, r); }
+
+/* Output counts when it is queued (sent or on its way), so a session can go between requests
+ * while its last answer is still being written. */
+static unsigned long long produced(rx_conn *c) { return rx_conn_bytes_out(c) + rx_conn_queued(c); }
 
 static void sync_stats(session *s) {
     http_stats *st = &s->srv->stats;
-    unsigned long long in = rx_conn_bytes_in(s->conn), out = rx_conn_bytes_out(s->conn);
+    unsigned long long in = rx_conn_bytes_in(s->conn), out = produced(s->conn);
     st->bytes_in += in - s->seen_in;
     st->bytes_out += out - s->seen_out;
     s->seen_in = in;
@@ -331,27 +339,42 @@ keep:
     return false;
 }
 
-static void process(session *s, rx_buffer *in) {
+/* Returns true when every request of the input was answered and nothing is pending. */
+static bool process(session *s, rx_buffer *in) {
     while (rx_buffer_len(in) > 0) {
-        rx_conn_state st = rx_conn_get_state(s->conn);
-        if (st == RX_CONN_CLOSING || st == RX_CONN_CLOSED)
-            return;
-        if (rx_conn_queued(s->conn) > OUTPUT_LIMIT && s->srv->cfg.backpressure) {
+        if (rx_conn_ended(s->conn))
+            return false;
+        /* Past the connection's high-water mark (HTTP_OUTPUT_LIMIT) stop answering: rx_conn
+         * judges the mark on what this call queued, so on_low_water follows once it drained. */
+        if (rx_conn_queued(s->conn) > HTTP_OUTPUT_LIMIT && s->srv->cfg.backpressure) {
             s->paused = true;
             rx_conn_pause_read(s->conn);
-            return;
+            return false;
         }
         if (!step(s, in))
-            return;
+            return false;
     }
     set_timeout(s, TIMEOUT_IDLE, s->srv->cfg.idle_timeout_ms);
+    return true;
 }
 
-/* A connection's arg is the server until its first bytes arrive, and its session after: an idle
- * connection (C10K) costs no session memory. */
+/* A connection's arg is the server until its first bytes arrive (header timeout), its session
+ * while a request is in progress or its answer is being written, and the idle marker between
+ * requests (idle timeout): a connection that is not busy (C10K) costs no session memory. */
 static http_server *the_server;
+static char idle_marker;
+#define IDLE ((void *)&idle_marker)
+
+static bool has_session(const void *arg) { return arg != the_server && arg != IDLE; }
 
 void http_session_setup(http_server *srv) { the_server = srv; }
+
+void http_session_cleanup(http_server *srv) {
+    while (srv->req_pool)
+        free(pool_take(&srv->req_pool, 0));
+    while (srv->session_pool)
+        free(pool_take(&srv->session_pool, 0));
+}
 
 static void on_open(rx_conn *c, void *arg) {
     http_server *srv = arg;
@@ -361,32 +384,43 @@ static void on_open(rx_conn *c, void *arg) {
     rx_conn_set_idle_timeout(c, srv->cfg.header_timeout_ms);
 }
 
-static session *session_new(rx_conn *c, http_server *srv) {
-    session *s = calloc(1, sizeof(*s));
+/* A session for the bytes `in` holds, all of them new: what came before is in the stats. */
+static session *session_new(rx_conn *c, const void *arg, const rx_buffer *in) {
+    session *s = pool_take(&the_server->session_pool, sizeof(*s));
     if (!s)
         return NULL;
-    s->srv = srv;
-    s->conn = c;
-    s->timeout = TIMEOUT_HEADER;
+    *s = (session){.srv = the_server, .conn = c};
+    s->timeout = arg == IDLE ? TIMEOUT_IDLE : TIMEOUT_HEADER;
+    s->seen_in = rx_conn_bytes_in(c) - rx_buffer_len(in);
+    s->seen_out = produced(c);
     end_request(s);
     rx_conn_set_arg(c, s);
     return s;
 }
 
+/* Between requests (the last answer may still be on its way): the session goes back to the pool. */
+static void session_release(session *s) {
+    sync_stats(s);
+    rx_conn_set_arg(s->conn, IDLE);
+    pool_give(&the_server->session_pool, s);
+}
+
 static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
-    session *s = arg == the_server ? session_new(c, the_server) : arg;
+    session *s = has_session(arg) ? arg : session_new(c, arg, in);
     if (!s) {
         rx_conn_abort(c);
         return;
     }
-    process(s, in);
+    bool idle = process(s, in);
     sync_stats(s);
+    if (idle && !rx_conn_ended(c))
+        session_release(s);
 }
 
 static void on_low_water(rx_conn *c, size_t queued, void *arg) {
     (void)queued;
     session *s = arg;
-    if (arg == the_server || !s->paused)
+    if (!has_session(arg) || !s->paused)
         return;
     s->paused = false;
     rx_conn_resume_read(c); /* rx hands the requests still buffered to on_data */
@@ -395,7 +429,7 @@ static void on_low_water(rx_conn *c, size_t queued, void *arg) {
 static void on_timeout(rx_conn *c, void *arg) {
     session *s = arg;
     /* Part of a head arrived: say why we hang up. Nothing at all, or between requests: just go. */
-    if (arg != the_server && !s->in_body && rx_buffer_len(rx_conn_input(c)) > 0) {
+    if (has_session(arg) && !s->in_body && rx_buffer_len(rx_conn_input(c)) > 0) {
         fail(s, 408, NULL);
         rx_conn_flush(c);
     } else {
@@ -412,11 +446,13 @@ static void on_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
         the_server->stats.bytes_out += rx_conn_bytes_out(c);
         return;
     }
+    if (arg == IDLE)
+        return; /* its last session counted everything */
     session *s = arg;
     sync_stats(s);
     if (s->req)
         req_return(s->srv, s->req);
-    free(s);
+    pool_give(&the_server->session_pool, s);
 }
 
 const rx_conn_callbacks http_session_callbacks = {

@@ -46,6 +46,11 @@ static void on_stopped(void *arg) {
     rx_loop_stop(srv->loop);
 }
 
+static void on_shed(rx_listener *l, void *arg) {
+    http_server *srv = arg;
+    app_on_shed(l, &srv->shed);
+}
+
 static void on_signal(rx_signal *sig, int signo, void *arg) {
     (void)sig;
     http_server *srv = arg;
@@ -166,7 +171,7 @@ int main(int argc, char **argv) {
         .sendfile = true,
     };
     rx_server_opts opts = {
-        .conn = {.high_water = 1024 * 1024},
+        .conn = {.high_water = HTTP_OUTPUT_LIMIT},
         .cbs = &http_session_callbacks,
         .arg = &srv,
     };
@@ -192,6 +197,7 @@ int main(int argc, char **argv) {
         setvbuf(srv.log, NULL, _IOFBF, 64 * 1024);
     }
     http_session_setup(&srv);
+    unsigned long long nofile = app_raise_nofile();
     srv.loop = rx_loop_new();
     if (!srv.loop) {
         fprintf(stderr, "rx-http: cannot create the loop: %s\n", strerror(errno));
@@ -199,6 +205,8 @@ int main(int argc, char **argv) {
     }
     opts.listen = srv.cfg.listen;
     opts.max_conns = srv.cfg.max_conns;
+    opts.listener.on_shed = on_shed;
+    srv.shed = (app_shed){.prog = "rx-http", .loop = srv.loop};
     srv.server = rx_server_new(srv.loop, &opts);
     if (!srv.server) {
         fprintf(stderr, "rx-http: cannot listen on %s: %s\n", srv.cfg.listen, strerror(errno));
@@ -216,17 +224,14 @@ int main(int argc, char **argv) {
     }
     char where[RX_ADDR_STRLEN];
     rx_addr_format(rx_server_addr(srv.server), where, sizeof(where));
-    printf("rx-http listening on http://%s/ (root %s)\n", where, srv.cfg.root);
+    printf("rx-http listening on http://%s/ (root %s, open files limit %llu)\n", where,
+           srv.cfg.root, nofile);
     fflush(stdout);
 
     rc = rx_loop_run(srv.loop);
     rx_server_free(srv.server);
     rx_loop_free(srv.loop);
-    while (srv.req_pool) {
-        http_request *r = srv.req_pool;
-        srv.req_pool = *(http_request **)r;
-        free(r);
-    }
+    http_session_cleanup(&srv);
     close(srv.root_fd);
     if (srv.log && srv.log != stdout)
         fclose(srv.log);

@@ -16,7 +16,7 @@ typedef struct rx_server rx_server;
 
 typedef struct rx_server_opts {
     const char *listen;           /* address, see rx_addr_parse */
-    rx_listener_opts listener;    /* backlog, SO_REUSEPORT, accept batch */
+    rx_listener_opts listener;    /* backlog, SO_REUSEPORT, accept batch; its on_shed gets `arg` */
     rx_conn_opts conn;            /* per-connection marks, idle timeout, TCP options */
     size_t max_conns;             /* 0: no limit; over it new connections are closed at once */
     const rx_conn_callbacks *cbs; /* for every connection; must outlive the server */
@@ -35,9 +35,11 @@ const rx_addr *rx_server_addr(const rx_server *s);
  * is left. Safe from any callback. */
 void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, void *arg);
 
-/* Connections open now, and accepted since the start. */
+/* Connections open now, accepted since the start, and shed since the start (accepted and closed
+ * at once because the process was out of fds: see rx_listener_opts.on_shed). */
 size_t rx_server_conn_count(const rx_server *s);
 unsigned long long rx_server_accepted(const rx_server *s);
+unsigned long long rx_server_shed(const rx_server *s);
 
 /* Closes the listener and aborts every connection still open (their on_close runs with
  * RX_CLOSE_LOCAL at the end of the iteration, or now outside rx_loop_run). Safe from any

@@ -15,8 +15,10 @@ struct rx_server {
     size_t max_conns;
     const rx_conn_callbacks *cbs;
     void *arg;
+    void (*on_shed)(rx_listener *l, void *arg);
     size_t count; /* connections whose owner is this server */
     unsigned long long accepted;
+    unsigned long long shed; /* the listener's count, once it is gone */
 
     /* Graceful stop: when deadline_ms has passed, the connections still open are closed, each
      * within another deadline_ms (after which rx_conn aborts it). */
@@ -43,6 +45,12 @@ void rx_server_conn_released(rx_server *s, rx_conn *c) {
     s->count--;
     if (s->stopping && s->count == 0)
         stopped(s);
+}
+
+/* The user's on_shed gets the server's arg, not the server. */
+static void on_shed(rx_listener *l, void *arg) {
+    rx_server *s = arg;
+    s->on_shed(l, s->arg);
 }
 
 static void on_accept(rx_listener *l, int fd, const rx_addr *peer, void *arg) {
@@ -96,9 +104,12 @@ rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts) {
     s->max_conns = opts->max_conns;
     s->cbs = opts->cbs ? opts->cbs : &no_callbacks;
     s->arg = opts->arg;
+    s->on_shed = opts->listener.on_shed;
+    rx_listener_opts lo = opts->listener;
+    lo.on_shed = s->on_shed ? on_shed : NULL;
     s->stop_timer = rx_timer_new(loop, on_stop_timer, s);
     if (s->stop_timer)
-        s->listener = rx_listener_new(loop, opts->listen, &opts->listener, on_accept, s);
+        s->listener = rx_listener_new(loop, opts->listen, &lo, on_accept, s);
     if (!s->listener) {
         int err = s->stop_timer ? errno : ENOMEM;
         rx_timer_free(s->stop_timer);
@@ -113,6 +124,9 @@ rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts) {
 const rx_addr *rx_server_addr(const rx_server *s) { return &s->addr; }
 size_t rx_server_conn_count(const rx_server *s) { return s->count; }
 unsigned long long rx_server_accepted(const rx_server *s) { return s->accepted; }
+unsigned long long rx_server_shed(const rx_server *s) {
+    return s->listener ? rx_listener_shed(s->listener) : s->shed;
+}
 
 void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, void *arg) {
     if (s->stopping)
@@ -121,6 +135,7 @@ void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, v
     s->on_stopped = on_stopped;
     s->stopped_arg = arg;
     s->deadline_ms = deadline_ms;
+    s->shed = rx_listener_shed(s->listener);
     rx_listener_free(s->listener);
     s->listener = NULL;
     if (s->count == 0)
