@@ -82,12 +82,12 @@ typedef struct rx_conn_callbacks {
 } rx_conn_callbacks;
 
 typedef struct rx_conn_opts {
-    size_t high_water;        /* 0: 1 MiB */
-    size_t low_water;         /* 0: high_water / 4 */
-    uint64_t idle_timeout_ms; /* 0: none */
+    size_t high_water;         /* 0: 1 MiB */
+    size_t low_water;          /* 0: high_water / 4 */
+    uint64_t idle_timeout_ms;  /* 0: none */
     uint64_t close_timeout_ms; /* bound on a graceful close, after which it is aborted; 0: 5 s */
-    bool nagle;               /* leave Nagle's algorithm on (TCP_NODELAY is set by default) */
-    bool keepalive;           /* SO_KEEPALIVE */
+    bool nagle;                /* leave Nagle's algorithm on (TCP_NODELAY is set by default) */
+    bool keepalive;            /* SO_KEEPALIVE */
     /* Switches that turn a technique off, to measure what it is worth (docs/c10k.md): */
     bool edge_triggered; /* EPOLLET, reading until EAGAIN, instead of level-triggered */
     bool own_buffers;    /* 4 KiB input and output buffers per connection, never released,
