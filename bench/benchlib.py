@@ -316,14 +316,17 @@ def probe(port, roundtrip, count=200):
     return percentile(lat, 0.50), percentile(lat, 0.99)
 
 
-def open_idle(port, n, rate):
-    """n plain connections that send nothing, at most `rate` connects per second so that no
-    server's accept queue overflows (an overflow costs a 1 s SYN retry, not server work).
-    Returns (sockets, seconds taken)."""
+def open_idle(port, n, rate, first=None):
+    """n plain connections that then stay idle, at most `rate` connects per second so that no
+    server's accept queue overflows (an overflow costs a 1 s SYN retry, not server work); with
+    `first`, each makes that round trip (first(sock)) before it idles. Returns (sockets, seconds
+    taken)."""
     socks, t0 = [], time.monotonic()
     try:
         for i in range(n):
             socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            if first:
+                first(socks[-1])
             if i % 64 == 63:
                 ahead = (i + 1) / rate - (time.monotonic() - t0)
                 if ahead > 0:
