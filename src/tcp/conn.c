@@ -58,7 +58,7 @@ void rx_conn_update_interest(rx_conn *c) {
     /* Inside on_data, output waits for the callback to return: leave the write interest alone. */
     if (rx_conn_has(c, B_IN_DATA))
         want |= rx_channel_interest(c->ch) & RX_WRITABLE;
-    else if (rx_conn_writing(c) && rx_conn_queued(c) > 0)
+    else if (rx_conn_writing(c) && rx_conn_queued(c) > 0 && !rx_conn_has(c, B_OWE_WRITE))
         want |= RX_WRITABLE;
     int rc = rx_channel_set_interest(c->ch, want);
     if (rc < 0)
@@ -205,7 +205,7 @@ static void after_data(rx_conn *c) {
     if (!rx_conn_is_closed(c))
         rx_conn_notify(c);
     if (!rx_conn_is_closed(c)) {
-        if (rx_conn_waiting_write(c) || (rx_conn_has(c, B_ALWAYS_QUEUE) && rx_conn_queued(c) > 0))
+        if (rx_conn_write_pending(c) || (rx_conn_has(c, B_ALWAYS_QUEUE) && rx_conn_queued(c) > 0))
             rx_conn_update_interest(c);
         else
             rx_conn_write_out(c);
@@ -321,6 +321,7 @@ static void read_in(rx_conn *c) {
 static void on_deferred(rx_conn *c) {
     if (rx_conn_connecting(c))
         return; /* the connect's completion writes what is queued */
+    c->bits &= ~B_OWE_WRITE;
     if (!rx_conn_waiting_write(c))
         rx_conn_write_out(c);
     if (rx_conn_has(c, B_OWE_READ) && !rx_conn_is_closed(c)) {

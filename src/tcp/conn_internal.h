@@ -41,6 +41,7 @@ enum {
     B_OWE_INPUT = 1u << 7,  /* buffered input is due to on_data (after a resume) */
     B_OWE_READ = 1u << 8,   /* an edge-triggered read stopped at its cap: more is waiting */
     B_DROPPED = 1u << 9,    /* closing dropped input the peer sent: it may send more */
+    B_OWE_WRITE = 1u << 10, /* a write stopped at its cap: the rest waits for its turn */
 };
 
 struct rx_file_queue;
@@ -82,6 +83,10 @@ static inline bool rx_conn_writing(const rx_conn *c) {
 }
 static inline bool rx_conn_waiting_write(const rx_conn *c) {
     return rx_channel_interest(c->ch) & RX_WRITABLE;
+}
+/* Queued output will be written without our help: when the socket has room, or on its turn. */
+static inline bool rx_conn_write_pending(const rx_conn *c) {
+    return rx_conn_waiting_write(c) || rx_conn_has(c, B_OWE_WRITE);
 }
 static inline void rx_conn_touch(rx_conn *c) {
     c->last_active = rx_loop_now_ms(rx_channel_loop(c->ch));

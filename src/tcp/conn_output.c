@@ -74,6 +74,8 @@ int rx_conn_write_queue(rx_conn *c, size_t cap) {
             n = send_file_range(c, cap - written);
         } else {
             size_t limit = seg ? seg->before : rx_buffer_len(&c->out);
+            if (limit > cap - written)
+                limit = cap - written;
             n = rx_sys.send(c->fd, rx_buffer_peek(&c->out), limit, MSG_NOSIGNAL);
             if (n > 0) {
                 rx_buffer_consume(&c->out, (size_t)n);

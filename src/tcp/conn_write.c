@@ -8,8 +8,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Per call, a write of the queue stops after WRITE_CAP bytes: level-triggered, EPOLLOUT brings
- * the rest on the next iteration; edge-triggered, a deferred call before the next poll. */
+/* Per call, a write of the queue stops after WRITE_CAP bytes; the rest goes out from a deferred
+ * call before the next poll, after the other ready connections had their turn, so one fast peer
+ * gets at most WRITE_CAP (plus one syscall's worth) per iteration. */
 #define WRITE_CAP (1024 * 1024)
 
 /* The buffer output goes into now: inside on_data, an empty connection borrows the loop's output
@@ -63,9 +64,11 @@ void rx_conn_write_out(rx_conn *c) {
                 return;
         }
     }
-    /* Level-triggered, a socket with room reports EPOLLOUT again; edge-triggered, it does not. */
-    if (rc == 1 && rx_conn_has(c, B_EDGE))
+    /* Not EPOLLOUT: the socket has room, and this iteration's poll would report it again. */
+    if (rc == 1) {
+        c->bits |= B_OWE_WRITE;
         rx_channel_defer(c->ch);
+    }
     rx_conn_update_interest(c);
 }
 
