@@ -15,27 +15,6 @@
 
 /* ---- helpers ---- */
 
-/* Counts epoll_ctl calls on one fd (and can make them fail). */
-static int ctl_fd = -1;
-static int ctl_calls;
-static int ctl_fail_errno;
-
-static int counting_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
-    if (fd == ctl_fd) {
-        ctl_calls++;
-        if (ctl_fail_errno) {
-            errno = ctl_fail_errno;
-            return -1;
-        }
-    }
-    return epoll_ctl(epfd, op, fd, ev);
-}
-
-static bool fd_is_closed(int fd) {
-    errno = 0;
-    return fcntl(fd, F_GETFD) == -1 && errno == EBADF;
-}
-
 static void drain(int fd) {
     char buf[256];
     while (read(fd, buf, sizeof buf) > 0) {
@@ -63,6 +42,15 @@ static void rec_cb(rx_channel *ch, uint32_t ready, void *arg) {
         drain(rx_channel_fd(ch));
 }
 
+/* A socket pair whose end sv[0] is watched by a channel (flags, cb) recording into r. */
+static rx_channel *rec_channel(rx_loop *loop, int sv[2], uint32_t flags, rx_channel_fn cb,
+                               struct rec *r) {
+    tu_socketpair(sv);
+    rx_channel *ch = rx_channel_new(loop, sv[0], flags, cb, r);
+    ck_assert_ptr_nonnull(ch);
+    return ch;
+}
+
 static void rec_dtor(void *arg) { ((struct rec *)arg)->dtors++; }
 
 /* ---- dispatch ---- */
@@ -70,10 +58,9 @@ static void rec_dtor(void *arg) { ((struct rec *)arg)->dtors++; }
 START_TEST(test_readable) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {.drain = true};
-    rx_channel *ch = rx_channel_new(loop, sv[0], 0, rec_cb, &r);
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, 0, rec_cb, &r);
     ck_assert_ptr_nonnull(ch);
     ck_assert_int_eq(rx_channel_fd(ch), sv[0]);
     ck_assert_ptr_eq(rx_channel_arg(ch), &r);
@@ -105,10 +92,9 @@ END_TEST
 START_TEST(test_writable) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {0};
-    rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, rec_cb, &r);
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, RX_CHANNEL_OWNS_FD, rec_cb, &r);
     ck_assert_ptr_nonnull(ch);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_WRITABLE), 0);
     ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
@@ -141,10 +127,9 @@ static void switch_to_read_cb(rx_channel *ch, uint32_t ready, void *arg) {
 START_TEST(test_change_interest_in_callback) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {0};
-    rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, switch_to_read_cb, &r);
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, RX_CHANNEL_OWNS_FD, switch_to_read_cb, &r);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_WRITABLE), 0);
     ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
     ck_assert_int_eq(r.calls, 1);
@@ -164,10 +149,9 @@ END_TEST
 START_TEST(test_hup_on_close) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {0};
-    rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, rec_cb, &r);
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, RX_CHANNEL_OWNS_FD, rec_cb, &r);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE), 0);
     ck_assert_int_eq(rx_loop_run_once(loop, 0), 0);
     close(sv[1]);
@@ -183,10 +167,9 @@ START_TEST(test_hup_reported_unasked) {
     /* RX_HUP comes with any interest, even WRITABLE only. */
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {0};
-    rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, rec_cb, &r);
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, RX_CHANNEL_OWNS_FD, rec_cb, &r);
     close(sv[1]);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_WRITABLE), 0);
     ck_assert(tu_run_until(loop, &r.done, 1000));
@@ -199,10 +182,9 @@ END_TEST
 START_TEST(test_hup_on_shutdown_wr) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {0};
-    rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, rec_cb, &r);
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, RX_CHANNEL_OWNS_FD, rec_cb, &r);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE), 0);
     ck_assert_int_eq(rx_loop_run_once(loop, 0), 0);
     ck_assert_int_eq(shutdown(sv[1], SHUT_WR), 0);
@@ -223,10 +205,9 @@ START_TEST(test_hup_half_close_write_interest) {
      * on every iteration, level-triggered), but a full hang-up is, as RX_HUP. */
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {0};
-    rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, rec_cb, &r);
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, RX_CHANNEL_OWNS_FD, rec_cb, &r);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_WRITABLE), 0);
     ck_assert_int_eq(rx_loop_run_once(loop, 100), 1);
     ck_assert_uint_eq(r.ready, RX_WRITABLE);
@@ -254,36 +235,34 @@ START_TEST(test_same_interest_no_syscall) {
     ck_assert_ptr_nonnull(loop);
     int sv[2];
     tu_socketpair(sv);
-    ctl_fd = sv[0];
-    ctl_calls = 0;
-    rx_sys.epoll_ctl = counting_epoll_ctl;
+    tu_inject_epoll_ctl(sv[0]);
 
     struct rec r = {0};
     rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, rec_cb, &r);
     ck_assert_ptr_nonnull(ch);
-    ck_assert_int_eq(ctl_calls, 0); /* nothing registered before interest */
+    ck_assert_int_eq(tu_ctl.calls, 0); /* nothing registered before interest */
     ck_assert_int_eq(rx_channel_set_interest(ch, 0), 0);
-    ck_assert_int_eq(ctl_calls, 0);
+    ck_assert_int_eq(tu_ctl.calls, 0);
 
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE), 0);
-    ck_assert_int_eq(ctl_calls, 1);
+    ck_assert_int_eq(tu_ctl.calls, 1);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE), 0);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE), 0);
-    ck_assert_int_eq(ctl_calls, 1);
+    ck_assert_int_eq(tu_ctl.calls, 1);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE | RX_WRITABLE), 0);
-    ck_assert_int_eq(ctl_calls, 2);
+    ck_assert_int_eq(tu_ctl.calls, 2);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE | RX_WRITABLE), 0);
-    ck_assert_int_eq(ctl_calls, 2);
+    ck_assert_int_eq(tu_ctl.calls, 2);
 
     /* Dispatching events makes no epoll_ctl either. */
     for (int i = 0; i < 5; i++)
         ck_assert_int_eq(rx_loop_run_once(loop, 0), 1);
-    ck_assert_int_eq(ctl_calls, 2);
+    ck_assert_int_eq(tu_ctl.calls, 2);
 
     ck_assert_int_eq(rx_channel_set_interest(ch, 0), 0);
-    ck_assert_int_eq(ctl_calls, 3);
+    ck_assert_int_eq(tu_ctl.calls, 3);
     ck_assert_int_eq(rx_channel_set_interest(ch, 0), 0);
-    ck_assert_int_eq(ctl_calls, 3);
+    ck_assert_int_eq(tu_ctl.calls, 3);
     ck_assert_uint_eq(rx_channel_interest(ch), 0);
 
     rx_sys_reset();
@@ -296,10 +275,9 @@ END_TEST
 START_TEST(test_interest_zero_stops_events) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {0};
-    rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, rec_cb, &r);
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, RX_CHANNEL_OWNS_FD, rec_cb, &r);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE), 0);
     ck_assert_int_eq(write(sv[1], "x", 1), 1);
     ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
@@ -326,20 +304,17 @@ END_TEST
 START_TEST(test_epoll_ctl_failure) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {0};
-    rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, rec_cb, &r);
-    ctl_fd = sv[0];
-    ctl_calls = 0;
-    ctl_fail_errno = ENOSPC;
-    rx_sys.epoll_ctl = counting_epoll_ctl;
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, RX_CHANNEL_OWNS_FD, rec_cb, &r);
+    tu_inject_epoll_ctl(sv[0]);
+    tu_ctl.fail_errno = ENOSPC;
 
     /* ADD fails. */
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE), -ENOSPC);
     ck_assert_uint_eq(rx_channel_interest(ch), 0);
-    ck_assert_int_ge(ctl_calls, 1);
-    ctl_fail_errno = 0;
+    ck_assert_int_ge(tu_ctl.calls, 1);
+    tu_ctl.fail_errno = 0;
     ck_assert_int_eq(write(sv[1], "x", 1), 1);
     ck_assert_int_eq(rx_loop_run_once(loop, 10), 0);
     ck_assert_int_eq(r.calls, 0);
@@ -351,18 +326,18 @@ START_TEST(test_epoll_ctl_failure) {
     ck_assert_uint_eq(r.ready, RX_READABLE);
 
     /* MOD fails: the old mask stays, in the channel and in epoll. */
-    ctl_fail_errno = ENOMEM;
+    tu_ctl.fail_errno = ENOMEM;
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE | RX_WRITABLE), -ENOMEM);
     ck_assert_uint_eq(rx_channel_interest(ch), RX_READABLE);
-    ctl_fail_errno = 0;
+    tu_ctl.fail_errno = 0;
     ck_assert_int_eq(rx_loop_run_once(loop, 0), 1);
     ck_assert_uint_eq(r.ready, RX_READABLE);
 
     /* Removing (mask 0) fails: still watched. */
-    ctl_fail_errno = EBADF;
+    tu_ctl.fail_errno = EBADF;
     ck_assert_int_eq(rx_channel_set_interest(ch, 0), -EBADF);
     ck_assert_uint_eq(rx_channel_interest(ch), RX_READABLE);
-    ctl_fail_errno = 0;
+    tu_ctl.fail_errno = 0;
     ck_assert_int_eq(rx_loop_run_once(loop, 0), 1);
     ck_assert_int_eq(r.calls, 3);
 
@@ -455,10 +430,9 @@ END_TEST
 START_TEST(test_level_triggered) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {0};
-    rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, rec_cb, &r);
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, RX_CHANNEL_OWNS_FD, rec_cb, &r);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE), 0);
     ck_assert_int_eq(write(sv[1], "abc", 3), 3);
     for (int i = 0; i < 4; i++)
@@ -476,10 +450,9 @@ END_TEST
 START_TEST(test_edge_triggered) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {0};
-    rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_EDGE | RX_CHANNEL_OWNS_FD, rec_cb, &r);
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, RX_CHANNEL_EDGE | RX_CHANNEL_OWNS_FD, rec_cb, &r);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE), 0);
     ck_assert_int_eq(write(sv[1], "abc", 3), 3);
     ck_assert_int_eq(rx_loop_run_once(loop, 100), 1);
@@ -538,7 +511,7 @@ static void pair_cb(rx_channel *ch, uint32_t ready, void *arg) {
         int other = 1 - me;
         rx_channel_close(p->ch[other]);
         p->dtors_seen_in_cb = p->dtors[other];
-        p->victim_fd_closed = fd_is_closed(p->fds[other]);
+        p->victim_fd_closed = tu_fd_closed(p->fds[other]);
         if (p->spare_fd >= 0) {
             /* Reuse the victim's fd number at once, for a new channel. */
             ck_assert(p->victim_fd_closed);
@@ -659,7 +632,7 @@ static void close_self_cb(rx_channel *ch, uint32_t ready, void *arg) {
     s->calls++;
     s->fd = rx_channel_fd(ch);
     rx_channel_close(ch);
-    s->fd_closed_in_cb = fd_is_closed(s->fd);
+    s->fd_closed_in_cb = tu_fd_closed(s->fd);
     if (s->occupy_with >= 0)
         ck_assert_int_eq(dup2(s->occupy_with, s->fd), s->fd);
     for (int i = 1; i < s->closes; i++)
@@ -722,15 +695,14 @@ END_TEST
 START_TEST(test_close_outside_run) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    int sv[2];
-    tu_socketpair(sv);
     struct rec r = {0};
-    rx_channel *ch = rx_channel_new(loop, sv[0], RX_CHANNEL_OWNS_FD, rec_cb, &r);
+    int sv[2];
+    rx_channel *ch = rec_channel(loop, sv, RX_CHANNEL_OWNS_FD, rec_cb, &r);
     rx_channel_set_destructor(ch, rec_dtor);
     ck_assert_int_eq(rx_channel_set_interest(ch, RX_READABLE | RX_WRITABLE), 0);
     rx_channel_close(ch);
     ck_assert_int_eq(r.dtors, 1);
-    ck_assert(fd_is_closed(sv[0]));
+    ck_assert(tu_fd_closed(sv[0]));
     ck_assert_int_eq(rx_loop_run_once(loop, 0), 0);
     ck_assert_int_eq(r.calls, 0);
 
@@ -817,7 +789,7 @@ START_TEST(test_close_all_others_in_batch) {
     rx_loop_free(loop);
     for (int i = 0; i < MANY; i++) {
         ck_assert_int_eq(many.dtors[i], 1);
-        ck_assert(fd_is_closed(sv[i][0]));
+        ck_assert(tu_fd_closed(sv[i][0]));
         close(sv[i][1]);
     }
 }
@@ -868,8 +840,7 @@ END_TEST
 
 static Suite *channel_suite(void) {
     Suite *s = suite_create("channel");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 30);
+    TCase *tc = tu_tcase(s, "core", 30);
     tcase_add_test(tc, test_readable);
     tcase_add_test(tc, test_writable);
     tcase_add_test(tc, test_change_interest_in_callback);
@@ -892,14 +863,7 @@ static Suite *channel_suite(void) {
     tcase_add_test(tc, test_close_all_others_in_batch);
     tcase_add_test(tc, test_new_bad_fd);
     tcase_add_test(tc, test_new_enomem);
-    suite_add_tcase(s, tc);
     return s;
 }
 
-int main(void) {
-    SRunner *sr = srunner_create(channel_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
-}
+int main(void) { return tu_main(channel_suite()); }

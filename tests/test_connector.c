@@ -21,93 +21,18 @@
 
 /* ---- helpers ---- */
 
-static void teardown(void) { rx_sys_reset(); }
+/* A client connection reports to a tu_tr through these. */
+static const rx_conn_callbacks c_cbs = {
+    .on_open = tu_tr_open, .on_data = tu_tr_data, .on_close = tu_tr_close};
 
-/* What a client connection reported. */
-struct cl {
-    rx_conn *c;
-    int opens, datas, closes, late;
-    rx_close_reason reason;
-    int err;
-    bool close_in_open, abort_in_open;
-    rx_conn_state state_at_open;
-    unsigned long long open_ms, close_ms;
-    rx_buffer in;
-};
-
-static void c_open(rx_conn *c, void *arg) {
-    struct cl *k = arg;
-    if (k->closes)
-        k->late++;
-    k->opens++;
-    k->open_ms = tu_now_ms();
-    k->state_at_open = rx_conn_get_state(c);
-    if (k->close_in_open)
-        rx_conn_close(c);
-    if (k->abort_in_open)
-        rx_conn_abort(c);
-}
-
-static void c_data(rx_conn *c, rx_buffer *in, void *arg) {
-    (void)c;
-    struct cl *k = arg;
-    if (k->closes)
-        k->late++;
-    k->datas++;
-    ck_assert_int_eq(rx_buffer_append(&k->in, rx_buffer_peek(in), rx_buffer_len(in)), 0);
-    rx_buffer_consume(in, rx_buffer_len(in));
-}
-
-static void c_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
-    (void)c;
-    struct cl *k = arg;
-    k->closes++;
-    k->reason = reason;
-    k->err = err;
-    k->close_ms = tu_now_ms();
-}
-
-static const rx_conn_callbacks c_cbs = {.on_open = c_open, .on_data = c_data, .on_close = c_close};
-
-static bool cl_closed(void *arg) { return ((struct cl *)arg)->closes > 0; }
-static bool cl_opened(void *arg) {
-    struct cl *k = arg;
-    return k->opens > 0 || k->closes > 0;
-}
-
-static void addr_of(char *buf, size_t n, int port) { snprintf(buf, n, "127.0.0.1:%d", port); }
-
-/* An echo server, counting what its connections received. */
-static struct echo {
-    int opens, closes, datas;
-    rx_close_reason reason;
-    rx_buffer in;
-} E;
-
-static void e_open(rx_conn *c, void *arg) {
-    (void)c;
-    (void)arg;
-    E.opens++;
-}
-static void e_data(rx_conn *c, rx_buffer *in, void *arg) {
-    (void)arg;
-    E.datas++;
-    ck_assert_int_eq(rx_buffer_append(&E.in, rx_buffer_peek(in), rx_buffer_len(in)), 0);
-    ck_assert_int_eq(rx_conn_send(c, rx_buffer_peek(in), rx_buffer_len(in)), 0);
-    rx_buffer_consume(in, rx_buffer_len(in));
-}
-static void e_close(rx_conn *c, rx_close_reason r, int err, void *arg) {
-    (void)c;
-    (void)err;
-    (void)arg;
-    E.closes++;
-    E.reason = r;
-}
-static const rx_conn_callbacks e_cbs = {.on_open = e_open, .on_data = e_data, .on_close = e_close};
+/* An echo server whose connections all report to E. */
+static tu_tr E;
 
 static rx_server *echo_server(rx_loop *loop, const char *addr) {
+    tu_tr_free(&E);
     memset(&E, 0, sizeof(E));
-    rx_server_opts o = {.listen = addr ? addr : "127.0.0.1:0", .cbs = &e_cbs};
+    E.echo = true;
+    rx_server_opts o = {.listen = addr ? addr : "127.0.0.1:0", .cbs = &tu_tr_cbs, .arg = &E};
     return rx_server_new(loop, &o);
 }
 
@@ -135,15 +60,15 @@ START_TEST(test_connect_ok) {
     rx_server *s = echo_server(loop, NULL);
     ck_assert_ptr_nonnull(s);
     char addr[64];
-    int port = rx_addr_port(rx_server_addr(s));
-    addr_of(addr, sizeof(addr), port);
-    struct cl k = {0};
+    int port = tu_server_port(s);
+    tu_addr(addr, sizeof(addr), port);
+    tu_tr k = {0};
     rx_connect_opts o = {.addr = addr, .timeout_ms = 2000, .cbs = &c_cbs, .arg = &k};
     rx_conn *c = rx_connect(loop, &o);
     ck_assert_ptr_nonnull(c);
     ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
     ck_assert_int_eq(k.opens, 0); /* never from inside rx_connect */
-    ck_assert(tu_run_until_fn(loop, cl_opened, &k, 2000, 5));
+    ck_assert(tu_run_until_fn(loop, tu_tr_opened, &k, 2000, 5));
     ck_assert_int_eq(k.opens, 1);
     ck_assert_int_eq(k.closes, 0);
     ck_assert_int_eq(k.state_at_open, RX_CONN_OPEN);
@@ -162,7 +87,7 @@ START_TEST(test_connect_ok) {
     ck_assert_uint_eq(rx_conn_bytes_out(c), 4);
     ck_assert_uint_eq(rx_conn_bytes_in(c), 4);
     rx_conn_close(c);
-    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 5));
+    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
     ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
     ck_assert_int_eq(k.late, 0);
     rx_buffer_free(&k.in);
@@ -174,7 +99,7 @@ END_TEST
 
 START_TEST(test_bad_address) {
     rx_loop *loop = rx_loop_new();
-    struct cl k = {0};
+    tu_tr k = {0};
     const char *bad[] = {"nonsense", "127.0.0.1", "127.0.0.1:99999", "localhost:80", NULL};
     for (int i = 0;; i++) {
         rx_connect_opts o = {.addr = bad[i], .cbs = &c_cbs, .arg = &k};
@@ -202,24 +127,24 @@ START_TEST(test_bind_local_address) {
     rx_loop *loop = rx_loop_new();
     rx_server *s = echo_server(loop, NULL);
     char addr[64], bind[64];
-    addr_of(addr, sizeof(addr), rx_addr_port(rx_server_addr(s)));
+    tu_addr(addr, sizeof(addr), tu_server_port(s));
     int lport = tu_free_port();
-    addr_of(bind, sizeof(bind), lport);
-    struct cl k = {0};
+    tu_addr(bind, sizeof(bind), lport);
+    tu_tr k = {0};
     rx_connect_opts o = {.addr = addr, .bind = bind, .cbs = &c_cbs, .arg = &k};
     rx_conn *c = rx_connect(loop, &o);
     ck_assert_ptr_nonnull(c);
-    ck_assert(tu_run_until_fn(loop, cl_opened, &k, 2000, 5));
+    ck_assert(tu_run_until_fn(loop, tu_tr_opened, &k, 2000, 5));
     ck_assert_int_eq(k.opens, 1);
     rx_addr local;
     ck_assert_int_eq(rx_conn_local_addr(c, &local), 0);
     ck_assert_int_eq(rx_addr_port(&local), lport);
     /* And port 0: the kernel picks one. */
-    struct cl k2 = {0};
+    tu_tr k2 = {0};
     rx_connect_opts o2 = {.addr = addr, .bind = "127.0.0.1:0", .cbs = &c_cbs, .arg = &k2};
     rx_conn *c2 = rx_connect(loop, &o2);
     ck_assert_ptr_nonnull(c2);
-    ck_assert(tu_run_until_fn(loop, cl_opened, &k2, 2000, 5));
+    ck_assert(tu_run_until_fn(loop, tu_tr_opened, &k2, 2000, 5));
     ck_assert_int_eq(k2.opens, 1);
     ck_assert_int_eq(rx_conn_local_addr(c2, &local), 0);
     ck_assert_int_gt(rx_addr_port(&local), 0);
@@ -236,14 +161,14 @@ END_TEST
 START_TEST(test_refused) {
     rx_loop *loop = rx_loop_new();
     char addr[64];
-    addr_of(addr, sizeof(addr), tu_free_port());
-    struct cl k = {0};
+    tu_addr(addr, sizeof(addr), tu_free_port());
+    tu_tr k = {0};
     rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
     rx_conn *c = rx_connect(loop, &o);
     ck_assert_ptr_nonnull(c);
     ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
     ck_assert_int_eq(k.closes, 0); /* reported from the loop, not from rx_connect */
-    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 5));
+    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
     ck_assert_int_eq(k.closes, 1);
     ck_assert_int_eq(k.opens, 0);
     ck_assert_int_eq(k.reason, RX_CLOSE_ERROR);
@@ -257,8 +182,8 @@ END_TEST
 START_TEST(test_retries_exhausted_backoff) {
     rx_loop *loop = rx_loop_new();
     char addr[64];
-    addr_of(addr, sizeof(addr), tu_free_port());
-    struct cl k = {0};
+    tu_addr(addr, sizeof(addr), tu_free_port());
+    tu_tr k = {0};
     /* Waits of 30, 60 and 60 (capped) ms between the four attempts. */
     rx_connect_opts o = {.addr = addr,
                          .retries = 3,
@@ -269,7 +194,7 @@ START_TEST(test_retries_exhausted_backoff) {
     unsigned long long t0 = rx_loop_now_ms(loop); /* timers count from the cached time */
     rx_conn *c = rx_connect(loop, &o);
     ck_assert_ptr_nonnull(c);
-    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 3000, 2));
+    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 3000, 2));
     unsigned long long ms = k.close_ms - t0;
     ck_assert_int_eq(k.reason, RX_CLOSE_ERROR);
     ck_assert_int_eq(k.err, -ECONNREFUSED);
@@ -283,8 +208,8 @@ START_TEST(test_retry_until_server_appears) {
     rx_loop *loop = rx_loop_new();
     int port = tu_free_port();
     char addr[64];
-    addr_of(addr, sizeof(addr), port);
-    struct cl k = {0};
+    tu_addr(addr, sizeof(addr), port);
+    tu_tr k = {0};
     rx_connect_opts o = {
         .addr = addr, .timeout_ms = 1000, .retries = 5, .backoff_ms = 20, .cbs = &c_cbs, .arg = &k};
     unsigned long long t0 = tu_now_ms();
@@ -305,7 +230,7 @@ START_TEST(test_retry_until_server_appears) {
         return;
     }
     ck_assert_ptr_nonnull(s);
-    ck_assert(tu_run_until_fn(loop, cl_opened, &k, 3000, 2));
+    ck_assert(tu_run_until_fn(loop, tu_tr_opened, &k, 3000, 2));
     ck_assert_msg(k.opens == 1, "closed instead: reason %d err %d", k.reason, k.err);
     ck_assert_int_eq(k.closes, 0);
     unsigned long long deadline = tu_now_ms() + 2000;
@@ -316,7 +241,7 @@ START_TEST(test_retry_until_server_appears) {
     ck_assert_uint_eq(rx_buffer_len(&k.in), 10);
     ck_assert_int_eq(E.opens, 1);
     rx_conn_close(c);
-    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 5));
+    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
     ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
     rx_buffer_free(&k.in);
     rx_buffer_free(&E.in);
@@ -336,8 +261,8 @@ START_TEST(test_connect_timeout) {
     }
     rx_loop *loop = rx_loop_new();
     char addr[64];
-    addr_of(addr, sizeof(addr), port);
-    struct cl k = {0}, k2 = {0};
+    tu_addr(addr, sizeof(addr), port);
+    tu_tr k = {0}, k2 = {0};
     rx_connect_opts o = {.addr = addr, .timeout_ms = 100, .cbs = &c_cbs, .arg = &k};
     /* With one retry: two attempts of 100 ms and a 50 ms wait between them. */
     rx_connect_opts o2 = {
@@ -345,13 +270,13 @@ START_TEST(test_connect_timeout) {
     unsigned long long t0 = rx_loop_now_ms(loop); /* timers count from the cached time */
     ck_assert_ptr_nonnull(rx_connect(loop, &o));
     ck_assert_ptr_nonnull(rx_connect(loop, &o2));
-    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 2));
+    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 2));
     ck_assert_int_eq(k.reason, RX_CLOSE_TIMEOUT);
     ck_assert_int_eq(k.err, -ETIMEDOUT);
     ck_assert_int_eq(k.opens, 0);
     ck_assert_uint_ge(k.close_ms - t0, 95);
     ck_assert_uint_lt(k.close_ms - t0, 1000);
-    ck_assert(tu_run_until_fn(loop, cl_closed, &k2, 2000, 2));
+    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k2, 2000, 2));
     ck_assert_int_eq(k2.reason, RX_CLOSE_TIMEOUT);
     ck_assert_int_eq(k2.err, -ETIMEDOUT);
     ck_assert_uint_ge(k2.close_ms - t0, 245);
@@ -368,8 +293,8 @@ START_TEST(test_data_while_connecting) {
     rx_loop *loop = rx_loop_new();
     rx_server *s = echo_server(loop, NULL);
     char addr[64];
-    addr_of(addr, sizeof(addr), rx_addr_port(rx_server_addr(s)));
-    struct cl k = {0};
+    tu_addr(addr, sizeof(addr), tu_server_port(s));
+    tu_tr k = {0};
     rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
     rx_conn *c = rx_connect(loop, &o);
     ck_assert_ptr_nonnull(c);
@@ -420,8 +345,8 @@ START_TEST(test_shutdown_while_connecting) {
         rx_loop *loop = rx_loop_new();
         rx_server *s = echo_server(loop, NULL);
         char addr[64];
-        addr_of(addr, sizeof(addr), rx_addr_port(rx_server_addr(s)));
-        struct cl k = {0};
+        tu_addr(addr, sizeof(addr), tu_server_port(s));
+        tu_tr k = {0};
         rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
         rx_conn *c = rx_connect(loop, &o);
         ck_assert_ptr_nonnull(c);
@@ -452,10 +377,13 @@ START_TEST(test_close_while_connecting) {
     bool hangs = full_backlog(&lfd, &filler, &port);
     rx_loop *loop = rx_loop_new();
     char addr[64];
-    addr_of(addr, sizeof(addr), port);
+    tu_addr(addr, sizeof(addr), port);
     for (int mode = 0; mode < 2; mode++) {
-        struct cl k = {0};
-        rx_connect_opts o = {.addr = addr, .timeout_ms = 5000, .cbs = &c_cbs, .arg = &k,
+        tu_tr k = {0};
+        rx_connect_opts o = {.addr = addr,
+                             .timeout_ms = 5000,
+                             .cbs = &c_cbs,
+                             .arg = &k,
                              .conn = {.close_timeout_ms = 100}};
         rx_conn *c = rx_connect(loop, &o);
         ck_assert_ptr_nonnull(c);
@@ -473,7 +401,7 @@ START_TEST(test_close_while_connecting) {
         rx_conn_close(c);
         ck_assert_int_eq(rx_conn_get_state(c), mode == 0 ? RX_CONN_CLOSING : RX_CONN_CLOSED);
         ck_assert_int_eq(k.closes, 0); /* from the loop, never inside the call */
-        ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 5));
+        ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
         ck_assert_int_eq(k.reason, mode == 0 ? RX_CLOSE_TIMEOUT : RX_CLOSE_LOCAL);
         tu_run_for(loop, 30);
         ck_assert_int_eq(k.closes, 1);
@@ -503,13 +431,13 @@ START_TEST(test_close_while_connecting_in_callback) {
     }
     rx_loop *loop = rx_loop_new();
     char addr[64];
-    addr_of(addr, sizeof(addr), port);
-    struct cl k = {0};
+    tu_addr(addr, sizeof(addr), port);
+    tu_tr k = {0};
     rx_connect_opts o = {.addr = addr, .timeout_ms = 5000, .cbs = &c_cbs, .arg = &k};
     rx_conn *c = rx_connect(loop, &o);
     rx_timer *t = rx_timer_new(loop, cancel_cb, c);
     rx_timer_start(t, 30, 0);
-    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 5));
+    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
     ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
     ck_assert_int_eq(k.opens, 0);
     tu_run_for(loop, 30);
@@ -524,8 +452,8 @@ END_TEST
 START_TEST(test_close_during_backoff) {
     rx_loop *loop = rx_loop_new();
     char addr[64];
-    addr_of(addr, sizeof(addr), tu_free_port());
-    struct cl k = {0};
+    tu_addr(addr, sizeof(addr), tu_free_port());
+    tu_tr k = {0};
     rx_connect_opts o = {.addr = addr, .retries = 5, .backoff_ms = 100, .cbs = &c_cbs, .arg = &k};
     rx_conn *c = rx_connect(loop, &o);
     ck_assert_ptr_nonnull(c);
@@ -548,8 +476,8 @@ START_TEST(test_close_in_on_open) {
     rx_loop *loop = rx_loop_new();
     rx_server *s = echo_server(loop, NULL);
     char addr[64];
-    addr_of(addr, sizeof(addr), rx_addr_port(rx_server_addr(s)));
-    struct cl k = {.close_in_open = true}, k2 = {.abort_in_open = true};
+    tu_addr(addr, sizeof(addr), tu_server_port(s));
+    tu_tr k = {.close_in_open = true}, k2 = {.abort_in_open = true};
     rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
     rx_connect_opts o2 = {.addr = addr, .cbs = &c_cbs, .arg = &k2};
     rx_conn *c = rx_connect(loop, &o);
@@ -557,8 +485,8 @@ START_TEST(test_close_in_on_open) {
     ck_assert_ptr_nonnull(c);
     ck_assert_ptr_nonnull(c2);
     ck_assert_int_eq(rx_conn_send(c, "queued", 6), 0);
-    ck_assert(tu_run_until_fn(loop, cl_closed, &k, 2000, 5));
-    ck_assert(tu_run_until_fn(loop, cl_closed, &k2, 2000, 5));
+    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
+    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k2, 2000, 5));
     tu_run_for(loop, 50);
     ck_assert_int_eq(k.opens, 1);
     ck_assert_int_eq(k.closes, 1);
@@ -581,9 +509,9 @@ START_TEST(test_loop_free_while_connecting) {
     bool hangs = full_backlog(&lfd, &filler, &port);
     rx_loop *loop = rx_loop_new();
     char addr[64], refused[64];
-    addr_of(addr, sizeof(addr), port);
-    addr_of(refused, sizeof(refused), tu_free_port());
-    struct cl k = {0}, k2 = {0};
+    tu_addr(addr, sizeof(addr), port);
+    tu_addr(refused, sizeof(refused), tu_free_port());
+    tu_tr k = {0}, k2 = {0};
     rx_connect_opts o = {.addr = addr, .timeout_ms = 5000, .cbs = &c_cbs, .arg = &k};
     rx_connect_opts o2 = {
         .addr = refused, .retries = 3, .backoff_ms = 1000, .cbs = &c_cbs, .arg = &k2};
@@ -601,6 +529,87 @@ START_TEST(test_loop_free_while_connecting) {
         ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
     close(filler);
     close(lfd);
+}
+END_TEST
+
+/* issue 9 item 20: a request sent and the connection closed at once, while still connecting: the
+ * close waits for the connect, the request is written, then the stream ends. The server reads all
+ * of it and EOF; on_open never runs (a close is under way) and on_close says LOCAL (or PEER). The
+ * close used to cancel the connect and drop the request. */
+START_TEST(test_item20_send_then_close_while_connecting) {
+    int port;
+    int lfd = tu_tcp_listen(4, &port);
+    rx_loop *loop = rx_loop_new();
+    char addr[64];
+    tu_addr(addr, sizeof(addr), port);
+    tu_tr k = {0};
+    rx_connect_opts o = {.addr = addr, .timeout_ms = 2000, .cbs = &c_cbs, .arg = &k};
+    rx_conn *c = rx_connect(loop, &o);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
+    const size_t n = 100 * 1024;
+    ck_assert_int_eq(tu_send_pattern(c, 0, n), 0);
+    rx_conn_close(c);
+    ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CLOSING);
+    /* The server's side: accept, then read to the end of the stream. */
+    int sfd = -1;
+    unsigned long long deadline = tu_now_ms() + 2000;
+    while (sfd < 0 && tu_now_ms() < deadline) {
+        ck_assert_int_ge(rx_loop_run_once(loop, 5), 0);
+        if (tu_poll(lfd, POLLIN, 0) & POLLIN)
+            sfd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    }
+    ck_assert_int_ge(sfd, 0);
+    tu_peer p;
+    tu_peer_init(&p, sfd, true);
+    ck_assert(tu_run_until_fn(loop, tu_peer_done, &p, 5000, 1));
+    ck_assert_msg(p.eof && p.n == n, "server got %llu of %zu bytes, then %s", p.n, n,
+                  p.eof ? "EOF" : strerror(p.err));
+    ck_assert_int_eq(p.bad, -1);
+    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
+    ck_assert_msg(k.reason == RX_CLOSE_LOCAL || k.reason == RX_CLOSE_PEER, "closed with %d (%d)",
+                  k.reason, k.err);
+    ck_assert_int_eq(k.err, 0);
+    ck_assert_int_eq(k.opens, 0);
+    tu_peer_free(&p);
+    rx_loop_free(loop);
+    close(lfd);
+}
+END_TEST
+
+/* issue 9 item 6: a connect that keeps retrying while memory is short ends one way or the other:
+ * with every rx_sys allocation failing from the moment the first attempt (to a refusing port)
+ * failed, the connection connects or gets on_close (RX_CLOSE_ERROR) within 2 s; it never stays
+ * CONNECTING with nothing left to wake it. (A retry used to need a new channel, and when that
+ * failed the connection was left waiting forever.) _i: 1 with a per-attempt timeout (its timer is
+ * armed before allocations fail), 0 without. */
+START_TEST(test_item6_retry_under_enomem_never_hangs) {
+    rx_loop *loop = rx_loop_new();
+    char addr[64];
+    tu_addr(addr, sizeof(addr), tu_free_port());
+    tu_tr k = {0};
+    rx_connect_opts o = {.addr = addr,
+                         .timeout_ms = _i ? 1000 : 0,
+                         .retries = 2,
+                         .backoff_ms = 20,
+                         .cbs = &c_cbs,
+                         .arg = &k};
+    rx_conn *c = rx_connect(loop, &o);
+    ck_assert_ptr_nonnull(c);
+    /* The refusal is seen by the loop from here on: every allocation fails from then. */
+    tu_fail_allocs();
+    unsigned long long deadline = tu_now_ms() + 2000;
+    while (k.closes == 0 && k.opens == 0 && tu_now_ms() < deadline)
+        ck_assert_int_ge(rx_loop_run_once(loop, 10), 0);
+    rx_sys_reset();
+    ck_assert_msg(k.closes == 1 || k.opens == 1, "no on_open nor on_close after 2 s (state %d)",
+                  rx_conn_get_state(c));
+    if (k.closes) {
+        ck_assert_int_eq(k.reason, RX_CLOSE_ERROR);
+        ck_assert_msg(k.err == -ENOMEM || k.err == -ECONNREFUSED, "err %d", k.err);
+    }
+    rx_loop_free(loop);
+    ck_assert_int_eq(k.closes, 1);
 }
 END_TEST
 
@@ -676,11 +685,10 @@ START_TEST(test_5000_concurrent) {
     static const rx_conn_callbacks scbs = {.on_data = ms_data, .on_close = ms_close};
     static const rx_conn_callbacks ccbs = {
         .on_open = m_open, .on_data = m_data, .on_close = m_close};
-    rx_server_opts so = {.listen = "127.0.0.1:0", .cbs = &scbs};
-    rx_server *s = rx_server_new(loop, &so);
-    ck_assert_ptr_nonnull(s);
+    rx_server_opts so = {.cbs = &scbs};
+    rx_server *s = tu_server(loop, &so);
     char addr[64];
-    addr_of(addr, sizeof(addr), rx_addr_port(rx_server_addr(s)));
+    tu_addr(addr, sizeof(addr), tu_server_port(s));
     unsigned long long t0 = tu_now_ms();
     for (int i = 0; i < MANY; i++) {
         M->id[i] = i;
@@ -711,9 +719,7 @@ END_TEST
 
 static Suite *connector_suite(void) {
     Suite *s = suite_create("connector");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 30);
-    tcase_add_checked_fixture(tc, NULL, teardown);
+    TCase *tc = tu_tcase(s, "core", 30);
     tcase_add_test(tc, test_connect_ok);
     tcase_add_test(tc, test_bad_address);
     tcase_add_test(tc, test_bind_local_address);
@@ -728,21 +734,12 @@ static Suite *connector_suite(void) {
     tcase_add_test(tc, test_close_during_backoff);
     tcase_add_test(tc, test_close_in_on_open);
     tcase_add_test(tc, test_loop_free_while_connecting);
-    suite_add_tcase(s, tc);
+    tcase_add_test(tc, test_item20_send_then_close_while_connecting);
+    tcase_add_loop_test(tc, test_item6_retry_under_enomem_never_hangs, 0, 2);
 
-    TCase *many = tcase_create("many");
-    tcase_set_timeout(many, 60);
-    tcase_add_checked_fixture(many, NULL, teardown);
+    TCase *many = tu_tcase(s, "many", 60);
     tcase_add_test(many, test_5000_concurrent);
-    suite_add_tcase(s, many);
     return s;
 }
 
-int main(void) {
-    signal(SIGPIPE, SIG_IGN);
-    SRunner *sr = srunner_create(connector_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
-}
+int main(void) { return tu_main(connector_suite()); }

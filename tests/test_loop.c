@@ -15,32 +15,9 @@
 
 /* ---- helpers ---- */
 
-static void spin_ms(unsigned ms) {
-    unsigned long long end = tu_now_ms() + ms;
-    while (tu_now_ms() < end) {
-    }
-}
-
-static void fail_allocs(void) {
-    rx_sys.malloc = tu_fail_malloc;
-    rx_sys.calloc = tu_fail_calloc;
-    rx_sys.realloc = tu_fail_realloc;
-}
-
 static void stop_timer_cb(rx_timer *t, void *arg) {
     (void)t;
     rx_loop_stop(arg);
-}
-
-struct guard {
-    rx_loop *loop;
-    bool fired;
-};
-static void guard_cb(rx_timer *t, void *arg) {
-    (void)t;
-    struct guard *g = arg;
-    g->fired = true;
-    rx_loop_stop(g->loop);
 }
 
 static void count_task(void *arg) { ++*(int *)arg; }
@@ -96,9 +73,8 @@ static void stop_from_channel_cb(rx_channel *ch, uint32_t ready, void *arg) {
 START_TEST(test_stop_from_callback) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    struct guard g = {loop, false};
-    rx_timer *guard = rx_timer_new(loop, guard_cb, &g);
-    ck_assert_int_eq(rx_timer_start(guard, 2000, 0), 0);
+    tu_guard g;
+    tu_guard_start(&g, loop, 2000);
 
     /* From a timer callback. */
     rx_timer *t = rx_timer_new(loop, stop_timer_cb, loop);
@@ -128,7 +104,37 @@ START_TEST(test_stop_from_callback) {
     ck_assert(!g.fired);
 
     rx_timer_free(t);
-    rx_timer_free(guard);
+    tu_guard_free(&g);
+    rx_loop_free(loop);
+}
+END_TEST
+
+/* issue 9 item 10: a stop given while the loop is not running ends exactly one run: the next
+ * rx_loop_run_once returns at once and consumes it (the one after waits as usual), and an
+ * rx_loop_run returns after one iteration. (The stop used to stay pending: every later run_once
+ * returned at once, and rx_loop_run returned without running an iteration.) */
+START_TEST(test_item10_stop_then_run_once) {
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    rx_loop_stop(loop);
+    unsigned long long t0 = tu_now_ms();
+    ck_assert_int_eq(rx_loop_run_once(loop, 200), 0);
+    ck_assert_uint_lt(tu_now_ms() - t0, 100);
+    t0 = tu_now_ms();
+    ck_assert_int_eq(rx_loop_run_once(loop, 200), 0);
+    unsigned long long waited = tu_now_ms() - t0;
+    ck_assert_msg(waited >= 150, "the stop was not consumed: run_once(200) waited %llu ms", waited);
+
+    tu_guard g;
+    tu_guard_start(&g, loop, 2000);
+    rx_loop_stop(loop);
+    uint64_t iterations = rx_loop_iterations(loop);
+    t0 = tu_now_ms();
+    ck_assert_int_eq(rx_loop_run(loop), 0);
+    ck_assert_uint_eq(rx_loop_iterations(loop) - iterations, 1);
+    ck_assert(!g.fired);
+    ck_assert_uint_lt(tu_now_ms() - t0, 1000);
+    tu_guard_free(&g);
     rx_loop_free(loop);
 }
 END_TEST
@@ -153,9 +159,8 @@ static void *stopper_thread(void *arg) {
 START_TEST(test_stop_from_thread) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    struct guard g = {loop, false};
-    rx_timer *guard = rx_timer_new(loop, guard_cb, &g);
-    ck_assert_int_eq(rx_timer_start(guard, 3000, 0), 0);
+    tu_guard g;
+    tu_guard_start(&g, loop, 3000);
 
     struct stopper s = {.loop = loop, .delay_ms = 50};
     pthread_t th;
@@ -167,7 +172,7 @@ START_TEST(test_stop_from_thread) {
     ck_assert_msg(!g.fired, "rx_loop_stop from another thread did not wake the loop");
     ck_assert_uint_ge(dt, 40);
     ck_assert_uint_lt(dt, 1000);
-    rx_timer_free(guard);
+    tu_guard_free(&g);
     rx_loop_free(loop);
 }
 END_TEST
@@ -179,13 +184,13 @@ START_TEST(test_stop_from_thread_race) {
      * lost. */
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    struct guard g = {loop, false};
-    rx_timer *guard = rx_timer_new(loop, guard_cb, &g);
+    tu_guard g;
+    tu_guard_start(&g, loop, 2000);
     struct stopper s = {.loop = loop, .delay_ms = 0};
     ck_assert_int_eq(rx_loop_add_hook(loop, set_running_hook, &s), 0);
     for (int i = 0; i < 50; i++) {
         atomic_store(&s.running, false);
-        ck_assert_int_eq(rx_timer_start(guard, 2000, 0), 0);
+        ck_assert_int_eq(rx_timer_start(g.timer, 2000, 0), 0);
         pthread_t th;
         ck_assert_int_eq(pthread_create(&th, NULL, stopper_thread, &s), 0);
         ck_assert_int_eq(rx_loop_run(loop), 0);
@@ -193,7 +198,7 @@ START_TEST(test_stop_from_thread_race) {
         ck_assert_msg(!g.fired, "stop lost in round %d", i);
     }
     ck_assert_int_eq(rx_loop_remove_hook(loop, set_running_hook, &s), 0);
-    rx_timer_free(guard);
+    tu_guard_free(&g);
     rx_loop_free(loop);
 }
 END_TEST
@@ -236,7 +241,7 @@ static void time_timer_cb(rx_timer *t, void *arg) {
     struct time_ctx *c = arg;
     c->ms_a = rx_loop_now_ms(c->loop);
     c->ns_a = rx_loop_now_ns(c->loop);
-    spin_ms(5);
+    tu_spin_ms(5);
     c->ms_b = rx_loop_now_ms(c->loop);
     c->ns_b = rx_loop_now_ns(c->loop);
     rx_loop_update_time(c->loop);
@@ -272,7 +277,7 @@ START_TEST(test_time_advances_between_iterations) {
     ck_assert_int_eq(rx_loop_run_once(loop, 0), 0);
     uint64_t prev_ms = rx_loop_now_ms(loop), prev_ns = rx_loop_now_ns(loop);
     for (int i = 0; i < 5; i++) {
-        spin_ms(3);
+        tu_spin_ms(3);
         /* Cached: no change outside an iteration. */
         ck_assert_uint_eq(rx_loop_now_ns(loop), prev_ns);
         ck_assert_int_eq(rx_loop_run_once(loop, 0), 0);
@@ -299,7 +304,7 @@ START_TEST(test_update_time) {
     ck_assert_ptr_nonnull(loop);
     rx_loop_update_time(loop);
     uint64_t ms = rx_loop_now_ms(loop), ns = rx_loop_now_ns(loop);
-    spin_ms(20);
+    tu_spin_ms(20);
     ck_assert_uint_eq(rx_loop_now_ms(loop), ms);
     rx_loop_update_time(loop);
     ck_assert_uint_ge(rx_loop_now_ms(loop), ms + 19);
@@ -545,7 +550,7 @@ START_TEST(test_hook_enomem) {
     static int counts[N];
     static bool added[N];
     int failures = 0;
-    fail_allocs();
+    tu_fail_allocs();
     for (int i = 0; i < N; i++) {
         int rc = rx_loop_add_hook(loop, count_task, &counts[i]);
         ck_assert_msg(rc == 0 || rc == -ENOMEM, "add_hook returned %d", rc);
@@ -709,13 +714,13 @@ END_TEST
 
 static Suite *loop_suite(void) {
     Suite *s = suite_create("loop");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 30);
+    TCase *tc = tu_tcase(s, "core", 30);
     tcase_add_test(tc, test_new_free);
     tcase_add_test(tc, test_run_once_nothing);
     tcase_add_test(tc, test_stop_from_callback);
     tcase_add_test(tc, test_stop_from_thread);
     tcase_add_test(tc, test_stop_from_thread_race);
+    tcase_add_test(tc, test_item10_stop_then_run_once);
     tcase_add_test(tc, test_time_consistent);
     tcase_add_test(tc, test_time_cached_in_callback);
     tcase_add_test(tc, test_time_advances_between_iterations);
@@ -728,14 +733,7 @@ static Suite *loop_suite(void) {
     tcase_add_test(tc, test_hook_enomem);
     tcase_add_test(tc, test_free_releases_everything);
     tcase_add_test(tc, test_free_after_deferred_close);
-    suite_add_tcase(s, tc);
     return s;
 }
 
-int main(void) {
-    SRunner *sr = srunner_create(loop_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
-}
+int main(void) { return tu_main(loop_suite()); }

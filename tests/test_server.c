@@ -23,11 +23,7 @@
 
 /* ---- helpers ---- */
 
-#define KiB (1024u)
-#define MiB (1024u * 1024u)
 #define MAXC 16
-
-static void teardown(void) { rx_sys_reset(); }
 
 /* What the server's connections reported, one slot per accepted connection. */
 struct sc {
@@ -59,13 +55,6 @@ static struct sc *slot_by_port(int port) {
         if (S.conns[i].port == port)
             return &S.conns[i];
     return NULL;
-}
-
-static int local_port(int fd) {
-    struct sockaddr_in sin;
-    socklen_t len = sizeof(sin);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
-    return ntohs(sin.sin_port);
 }
 
 static void s_open(rx_conn *c, void *arg) {
@@ -126,19 +115,21 @@ static const rx_conn_callbacks s_cbs = {
 };
 
 static rx_server *server_new(rx_loop *loop, rx_server_opts *o) {
-    o->listen = "127.0.0.1:0";
     if (!o->cbs)
         o->cbs = &s_cbs;
     o->arg = &S;
-    rx_server *s = rx_server_new(loop, o);
-    ck_assert_ptr_nonnull(s);
-    return s;
+    return tu_server(loop, o);
 }
 
-static int server_port(rx_server *s) { return rx_addr_port(rx_server_addr(s)); }
+/* Connects n clients to port (their fds into cl) and waits until the server opened them all. */
+static void connect_clients(rx_loop *loop, int port, int *cl, int n) {
+    for (int i = 0; i < n; i++) {
+        cl[i] = tu_tcp_connect(port, true);
+        ck_assert_int_ge(cl[i], 0);
+    }
+    ck_assert(tu_run_until_count(loop, &S.n, n, 2000));
+}
 
-static bool opened(void *arg) { return S.n >= *(int *)arg; }
-static bool closed_n(void *arg) { return S.closes >= *(int *)arg; }
 static bool stopped(void *arg) {
     (void)arg;
     return S.stopped > 0;
@@ -227,27 +218,22 @@ START_TEST(test_echo_and_addresses) {
     rx_server *s = server_new(loop, &o);
     const rx_addr *sa = rx_server_addr(s);
     ck_assert_int_eq(sa->u.sa.sa_family, AF_INET);
-    int port = server_port(s);
+    int port = tu_server_port(s);
     ck_assert_int_gt(port, 0);
     char str[RX_ADDR_STRLEN], want[64];
     ck_assert_int_gt(rx_addr_format(sa, str, sizeof(str)), 0);
-    snprintf(want, sizeof(want), "127.0.0.1:%d", port);
+    tu_addr(want, sizeof(want), port);
     ck_assert_str_eq(str, want);
     ck_assert_uint_eq(rx_server_conn_count(s), 0);
     ck_assert_uint_eq(rx_server_accepted(s), 0);
 
     int cl[3];
-    for (int i = 0; i < 3; i++) {
-        cl[i] = tu_tcp_connect(port, true);
-        ck_assert_int_ge(cl[i], 0);
-    }
-    int three = 3;
-    ck_assert(tu_run_until_fn(loop, opened, &three, 2000, 5));
+    connect_clients(loop, port, cl, 3);
     ck_assert_uint_eq(rx_server_conn_count(s), 3);
     ck_assert_uint_eq(rx_server_accepted(s), 3);
     for (int i = 0; i < 3; i++) {
         /* Each client is one of the connections, by its port; local address = server's. */
-        struct sc *sc = slot_by_port(local_port(cl[i]));
+        struct sc *sc = slot_by_port(tu_local_port(cl[i]));
         ck_assert_ptr_nonnull(sc);
         ck_assert_int_eq(sc->opens, 1);
         rx_addr local;
@@ -261,7 +247,7 @@ START_TEST(test_echo_and_addresses) {
     }
     for (int i = 0; i < 3; i++)
         close(cl[i]);
-    ck_assert(tu_run_until_fn(loop, closed_n, &three, 2000, 5));
+    ck_assert(tu_run_until_count(loop, &S.closes, 3, 2000));
     for (int i = 0; i < 3; i++) {
         ck_assert_int_eq(S.conns[i].closes, 1);
         ck_assert_int_eq(S.conns[i].reason, RX_CLOSE_PEER);
@@ -295,7 +281,7 @@ START_TEST(test_new_errors) {
     int port;
     int lfd = tu_tcp_listen(4, &port);
     char addr[64];
-    snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+    tu_addr(addr, sizeof(addr), port);
     o.listen = addr;
     errno = 0;
     ck_assert_ptr_null(rx_server_new(loop, &o));
@@ -314,10 +300,10 @@ START_TEST(test_max_conns) {
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {.max_conns = 2};
     rx_server *s = server_new(loop, &o);
-    int port = server_port(s);
-    int a = tu_tcp_connect(port, true), b = tu_tcp_connect(port, true);
-    int two = 2;
-    ck_assert(tu_run_until_fn(loop, opened, &two, 2000, 5));
+    int port = tu_server_port(s);
+    int ab[2];
+    connect_clients(loop, port, ab, 2);
+    int a = ab[0], b = ab[1];
     int c = tu_tcp_connect(port, true);
     ck_assert_int_ge(c, 0);
     /* The third one is closed at once. */
@@ -333,12 +319,10 @@ START_TEST(test_max_conns) {
     close(c);
     /* Room again after one leaves. */
     close(a);
-    int one = 1;
-    ck_assert(tu_run_until_fn(loop, closed_n, &one, 2000, 5));
+    ck_assert(tu_run_until_count(loop, &S.closes, 1, 2000));
     ck_assert_uint_eq(rx_server_conn_count(s), 1);
     int d = tu_tcp_connect(port, true);
-    int three = 3;
-    ck_assert(tu_run_until_fn(loop, opened, &three, 2000, 5));
+    ck_assert(tu_run_until_count(loop, &S.n, 3, 2000));
     expect_echo(loop, d, "d", 2000);
     ck_assert_uint_eq(rx_server_conn_count(s), 2);
     close(b);
@@ -355,15 +339,14 @@ START_TEST(test_idle_timeout_only_idle) {
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {.conn = {.idle_timeout_ms = 150}};
     rx_server *s = server_new(loop, &o);
-    int port = server_port(s);
+    int port = tu_server_port(s);
     unsigned long long t0 = tu_now_ms();
     int silent = tu_tcp_connect(port, true);
     int active = tu_tcp_connect(port, true);
     ck_assert_int_ge(active, 0);
-    int two = 2;
-    ck_assert(tu_run_until_fn(loop, opened, &two, 1000, 1));
-    struct sc *ss = slot_by_port(local_port(silent));
-    struct sc *sa = slot_by_port(local_port(active));
+    ck_assert(tu_run_until_count(loop, &S.n, 2, 1000));
+    struct sc *ss = slot_by_port(tu_local_port(silent));
+    struct sc *sa = slot_by_port(tu_local_port(active));
     ck_assert_ptr_nonnull(ss);
     ck_assert_ptr_nonnull(sa);
     /* The active one sends a byte every 50 ms for 500 ms. */
@@ -384,8 +367,7 @@ START_TEST(test_idle_timeout_only_idle) {
     int err;
     ck_assert(client_sees_end(loop, silent, 1000, &err));
     /* Once quiet, the active one times out as well, about 150 ms after its last byte. */
-    int two_closed = 2;
-    ck_assert(tu_run_until_fn(loop, closed_n, &two_closed, 2000, 5));
+    ck_assert(tu_run_until_count(loop, &S.closes, 2, 2000));
     ck_assert_int_eq(sa->reason, RX_CLOSE_TIMEOUT);
     ck_assert_uint_ge(sa->close_ms - last, 140);
     ck_assert_uint_lt(sa->close_ms - last, 1000);
@@ -404,10 +386,9 @@ START_TEST(test_stop_refuses_new_closes_idle_after_deadline) {
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {0};
     rx_server *s = server_new(loop, &o);
-    int port = server_port(s);
-    int a = tu_tcp_connect(port, true);
-    int one = 1;
-    ck_assert(tu_run_until_fn(loop, opened, &one, 2000, 5));
+    int port = tu_server_port(s);
+    int a;
+    connect_clients(loop, port, &a, 1);
     /* Deadlines count from the loop's cached time, which the timers use. */
     unsigned long long t0 = rx_loop_now_ms(loop);
     rx_server_stop(s, 150, on_stopped, &S);
@@ -443,10 +424,10 @@ START_TEST(test_stop_finishes_when_conns_leave) {
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {0};
     rx_server *s = server_new(loop, &o);
-    int port = server_port(s);
-    int a = tu_tcp_connect(port, true), b = tu_tcp_connect(port, true);
-    int two = 2;
-    ck_assert(tu_run_until_fn(loop, opened, &two, 2000, 5));
+    int port = tu_server_port(s);
+    int ab[2];
+    connect_clients(loop, port, ab, 2);
+    int a = ab[0], b = ab[1];
     unsigned long long t0 = tu_now_ms();
     rx_server_stop(s, 5000, on_stopped, &S);
     tu_run_for(loop, 30);
@@ -471,7 +452,7 @@ START_TEST(test_stop_without_conns) {
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {0};
     rx_server *s = server_new(loop, &o);
-    int port = server_port(s);
+    int port = tu_server_port(s);
     rx_server_stop(s, 1000, on_stopped, &S);
     ck_assert_int_eq(S.stopped, 0); /* never from inside rx_server_stop */
     ck_assert_int_eq(rx_loop_run_once(loop, 100), 0);
@@ -492,11 +473,10 @@ START_TEST(test_stop_aborts_conn_that_cannot_drain) {
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {0};
     rx_server *s = server_new(loop, &o);
-    int cl = tu_tcp_connect(server_port(s), true);
+    int cl = tu_tcp_connect(tu_server_port(s), true);
     int small = 16 * KiB;
     setsockopt(cl, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
-    int one = 1;
-    ck_assert(tu_run_until_fn(loop, opened, &one, 2000, 5));
+    ck_assert(tu_run_until_count(loop, &S.n, 1, 2000));
     ck_assert_uint_gt(rx_conn_queued(S.conns[0].c), MiB);
     unsigned long long t0 = rx_loop_now_ms(loop); /* what the deadlines count from */
     rx_server_stop(s, 100, on_stopped, &S);
@@ -523,17 +503,16 @@ START_TEST(test_stop_from_callback) {
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {0};
     rx_server *s = server_new(loop, &o);
-    int port = server_port(s);
-    int a = tu_tcp_connect(port, true);
-    int one = 1;
-    ck_assert(tu_run_until_fn(loop, opened, &one, 2000, 5));
+    int port = tu_server_port(s);
+    int a;
+    connect_clients(loop, port, &a, 1);
     S.stop_in_data = s;
     expect_echo(loop, a, "stop please", 2000); /* the echo still goes out */
     ck_assert_ptr_null(S.stop_in_data);
     errno = 0;
     ck_assert_int_eq(tu_tcp_connect(port, true), -1);
     ck_assert_int_eq(errno, ECONNREFUSED);
-    ck_assert(tu_run_until_fn(loop, closed_n, &one, 2000, 5));
+    ck_assert(tu_run_until_count(loop, &S.closes, 1, 2000));
     ck_assert_int_eq(S.conns[0].reason, RX_CLOSE_LOCAL);
     close(a);
     rx_server_free(s);
@@ -548,12 +527,9 @@ START_TEST(test_free_live_conns_outside_loop) {
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {.conn = {.idle_timeout_ms = 10000}};
     rx_server *s = server_new(loop, &o);
-    int port = server_port(s);
+    int port = tu_server_port(s);
     int cl[3];
-    for (int i = 0; i < 3; i++)
-        cl[i] = tu_tcp_connect(port, true);
-    int three = 3;
-    ck_assert(tu_run_until_fn(loop, opened, &three, 2000, 5));
+    connect_clients(loop, port, cl, 3);
     ck_assert_int_eq(send(cl[0], "x", 1, MSG_NOSIGNAL), 1); /* unread input on one */
     tu_poll(rx_conn_fd(S.conns[0].c), POLLIN, 100);
     rx_server_free(s); /* outside rx_loop_run: on_close runs from the loop, not inside the call */
@@ -585,15 +561,12 @@ START_TEST(test_free_from_callback) {
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {0};
     rx_server *s = server_new(loop, &o);
-    int port = server_port(s);
+    int port = tu_server_port(s);
     int cl[3];
-    for (int i = 0; i < 3; i++)
-        cl[i] = tu_tcp_connect(port, true);
-    int three = 3;
-    ck_assert(tu_run_until_fn(loop, opened, &three, 2000, 5));
+    connect_clients(loop, port, cl, 3);
     S.free_in_data = s;
     ck_assert_int_eq(send(cl[1], "bye", 3, MSG_NOSIGNAL), 3);
-    ck_assert(tu_run_until_fn(loop, closed_n, &three, 2000, 5));
+    ck_assert(tu_run_until_count(loop, &S.closes, 3, 2000));
     ck_assert_ptr_null(S.free_in_data);
     for (int i = 0; i < 3; i++) {
         ck_assert_int_eq(S.conns[i].closes, 1);
@@ -621,12 +594,9 @@ START_TEST(test_loop_free_after_server_free) {
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {.conn = {.idle_timeout_ms = 5000, .high_water = 64 * KiB}};
     rx_server *s = server_new(loop, &o);
-    int port = server_port(s);
+    int port = tu_server_port(s);
     int cl[4];
-    for (int i = 0; i < 4; i++)
-        cl[i] = tu_tcp_connect(port, true);
-    int four = 4;
-    ck_assert(tu_run_until_fn(loop, opened, &four, 2000, 5));
+    connect_clients(loop, port, cl, 4);
     ck_assert_int_eq(send(cl[2], "partial", 7, MSG_NOSIGNAL), 7);
     tu_run_for(loop, 20);
     rx_conn_close(S.conns[3].c);              /* one already closing */
@@ -644,29 +614,21 @@ END_TEST
 
 /* An accepted connection that cannot be registered with epoll is dropped without any callback
  * (no on_close for a connection that never had on_open), and the server goes on. */
-static int add_failures;
-static int fail_add_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
-    if (op == EPOLL_CTL_ADD) {
-        add_failures++;
-        errno = ENOSPC;
-        return -1;
-    }
-    return epoll_ctl(epfd, op, fd, ev);
-}
-
 START_TEST(test_accepted_conn_registration_fails) {
     srv_reset();
     S.echo = true;
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {0};
     rx_server *s = server_new(loop, &o);
-    int port = server_port(s);
-    rx_sys.epoll_ctl = fail_add_epoll_ctl;
+    int port = tu_server_port(s);
+    tu_inject_epoll_ctl(-1);
+    tu_ctl.fail_op = EPOLL_CTL_ADD;
+    tu_ctl.fail_errno = ENOSPC;
     int a = tu_tcp_connect(port, true);
-    for (int i = 0; i < 5 && add_failures == 0; i++)
+    for (int i = 0; i < 5 && tu_ctl.failures == 0; i++)
         ck_assert_int_ge(rx_loop_run_once(loop, 100), 0);
     rx_sys_reset();
-    ck_assert_int_ge(add_failures, 1);
+    ck_assert_int_ge(tu_ctl.failures, 1);
     tu_run_for(loop, 20);
     int err;
     bool eof = client_sees_end(loop, a, 1000, &err);
@@ -676,9 +638,8 @@ START_TEST(test_accepted_conn_registration_fails) {
     ck_assert_msg(S.closes == 0, "on_close ran %d time(s) for a connection that never opened",
                   S.closes);
     /* The server still works. */
-    int b = tu_tcp_connect(port, true);
-    int one = 1;
-    ck_assert(tu_run_until_fn(loop, opened, &one, 2000, 5));
+    int b;
+    connect_clients(loop, port, &b, 1);
     expect_echo(loop, b, "fine", 2000);
     close(a);
     close(b);
@@ -873,9 +834,11 @@ END_TEST
 
 static Suite *server_suite(void) {
     Suite *s = suite_create("server");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 30);
-    tcase_add_checked_fixture(tc, NULL, teardown);
+    /* First, so that under CK_FORK=no (valgrind) the forked child inherits no leak from an
+     * earlier failed test, which valgrind would report as the child's own. */
+    TCase *emfile = tu_tcase(s, "emfile", 30);
+    tcase_add_test(emfile, test_emfile_survival);
+    TCase *tc = tu_tcase(s, "core", 30);
     tcase_add_test(tc, test_echo_and_addresses);
     tcase_add_test(tc, test_new_errors);
     tcase_add_test(tc, test_max_conns);
@@ -889,22 +852,7 @@ static Suite *server_suite(void) {
     tcase_add_test(tc, test_free_from_callback);
     tcase_add_test(tc, test_loop_free_after_server_free);
     tcase_add_test(tc, test_accepted_conn_registration_fails);
-    /* First, so that under CK_FORK=no (valgrind) the forked child inherits no leak from an
-     * earlier failed test, which valgrind would report as the child's own. */
-    TCase *emfile = tcase_create("emfile");
-    tcase_set_timeout(emfile, 30);
-    tcase_add_checked_fixture(emfile, NULL, teardown);
-    tcase_add_test(emfile, test_emfile_survival);
-    suite_add_tcase(s, emfile);
-    suite_add_tcase(s, tc);
     return s;
 }
 
-int main(void) {
-    signal(SIGPIPE, SIG_IGN);
-    SRunner *sr = srunner_create(server_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
-}
+int main(void) { return tu_main(server_suite()); }

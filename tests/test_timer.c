@@ -12,12 +12,6 @@
 
 /* ---- helpers ---- */
 
-static void fail_allocs(void) {
-    rx_sys.malloc = tu_fail_malloc;
-    rx_sys.calloc = tu_fail_calloc;
-    rx_sys.realloc = tu_fail_realloc;
-}
-
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static uint64_t rng(void) {
     uint64_t x = rng_state;
@@ -25,21 +19,6 @@ static uint64_t rng(void) {
     x ^= x >> 7;
     x ^= x << 17;
     return rng_state = x;
-}
-
-/* Runs iterations until *count reaches want or max_ms pass. */
-static bool run_until_count(rx_loop *loop, const int *count, int want, int max_ms) {
-    unsigned long long deadline = tu_now_ms() + (unsigned long long)max_ms;
-    while (*count < want && tu_now_ms() < deadline)
-        ck_assert_int_ge(rx_loop_run_once(loop, 10), 0);
-    return *count >= want;
-}
-
-/* Runs iterations for about ms milliseconds. */
-static void run_for(rx_loop *loop, int ms) {
-    unsigned long long deadline = tu_now_ms() + (unsigned long long)ms;
-    while (tu_now_ms() < deadline)
-        ck_assert_int_ge(rx_loop_run_once(loop, 5), 0);
 }
 
 /* A generic recording timer context. */
@@ -119,12 +98,12 @@ START_TEST(test_oneshot) {
     ck_assert_int_eq(rx_timer_start(t, 20, 0), 0);
     ck_assert(rx_timer_active(t));
     ck_assert_int_eq(r.calls, 0); /* never from inside start */
-    ck_assert(run_until_count(loop, &r.calls, 1, 1000));
+    ck_assert(tu_run_until_count(loop, &r.calls, 1, 1000));
     ck_assert_uint_ge(r.fired_ms[0], t0 + 20);
     ck_assert_uint_ge(tu_now_ms() - real0, 19);
     ck_assert_uint_lt(tu_now_ms() - real0, 500);
     ck_assert(!rx_timer_active(t));
-    run_for(loop, 40);
+    tu_run_for(loop, 40);
     ck_assert_int_eq(r.calls, 1);
     rx_timer_free(t);
     rx_loop_free(loop);
@@ -149,13 +128,13 @@ START_TEST(test_active) {
     /* A stopped timer never fires. */
     ck_assert_int_eq(rx_timer_start(t, 0, 0), 0);
     rx_timer_stop(t);
-    run_for(loop, 20);
+    tu_run_for(loop, 20);
     ck_assert_int_eq(r.calls, 0);
     /* A one-shot is inactive after firing; a repeating timer stays active. */
     ck_assert_int_eq(rx_timer_start(t, 0, 0), 0);
     ck_assert_int_eq(rx_timer_start(rep, 0, 1000), 0);
-    ck_assert(run_until_count(loop, &r.calls, 1, 1000));
-    ck_assert(run_until_count(loop, &rr.calls, 1, 1000));
+    ck_assert(tu_run_until_count(loop, &r.calls, 1, 1000));
+    ck_assert(tu_run_until_count(loop, &rr.calls, 1, 1000));
     ck_assert(!rx_timer_active(t));
     ck_assert(rx_timer_active(rep));
     rx_timer_free(t);
@@ -178,7 +157,7 @@ START_TEST(test_order_different_timeouts) {
         r[i] = (struct rec){0};
         ck_assert_int_eq(rx_timer_start(new_rec_timer(loop, &r[i], i), timeouts[i], 0), 0);
     }
-    ck_assert(run_until_count(loop, &norder, N, 1000));
+    ck_assert(tu_run_until_count(loop, &norder, N, 1000));
     for (int i = 0; i < N; i++) {
         ck_assert_int_eq(order[i], expected[i]);
         ck_assert_int_eq(r[i].calls, 1);
@@ -212,7 +191,7 @@ START_TEST(test_equal_timeouts_start_order) {
     }
     for (int i = 0; i < N; i++)
         ck_assert_int_eq(rx_timer_start(r[perm[i]].timer, 5, 0), 0);
-    ck_assert(run_until_count(loop, &norder, N, 1000));
+    ck_assert(tu_run_until_count(loop, &norder, N, 1000));
     for (int i = 0; i < N; i++)
         ck_assert_msg(order[i] == perm[i], "position %d: fired %d, started %d", i, order[i],
                       perm[i]);
@@ -230,14 +209,14 @@ START_TEST(test_repeating_stop_in_callback) {
     rx_loop_update_time(loop);
     uint64_t t0 = rx_loop_now_ms(loop);
     ck_assert_int_eq(rx_timer_start(t, 5, 5), 0);
-    ck_assert(run_until_count(loop, &r.calls, 5, 2000));
+    ck_assert(tu_run_until_count(loop, &r.calls, 5, 2000));
     ck_assert(!rx_timer_active(t));
     for (int i = 0; i < 5; i++) {
         ck_assert_uint_ge(r.fired_ms[i], t0 + 5u * (uint64_t)(i + 1));
         if (i)
             ck_assert_uint_gt(r.fired_iter[i], r.fired_iter[i - 1]);
     }
-    run_for(loop, 30);
+    tu_run_for(loop, 30);
     ck_assert_int_eq(r.calls, 5);
     rx_timer_free(t);
     rx_loop_free(loop);
@@ -250,9 +229,9 @@ START_TEST(test_restart_self_in_callback) {
     struct rec r = {.restart_self_max = 3, .restart_ms = 5};
     rx_timer *t = new_rec_timer(loop, &r, 0);
     ck_assert_int_eq(rx_timer_start(t, 0, 0), 0);
-    ck_assert(run_until_count(loop, &r.calls, 3, 1000));
+    ck_assert(tu_run_until_count(loop, &r.calls, 3, 1000));
     ck_assert(!rx_timer_active(t));
-    run_for(loop, 20);
+    tu_run_for(loop, 20);
     ck_assert_int_eq(r.calls, 3);
     ck_assert_uint_ge(r.fired_ms[1], r.fired_ms[0] + 5);
     ck_assert_uint_ge(r.fired_ms[2], r.fired_ms[1] + 5);
@@ -273,9 +252,9 @@ START_TEST(test_cancel_other_from_callback) {
     a.stop_other = b.timer;
     ck_assert_int_eq(rx_timer_start(a.timer, 5, 0), 0);
     ck_assert_int_eq(rx_timer_start(b.timer, 20, 0), 0);
-    ck_assert(run_until_count(loop, &a.calls, 1, 1000));
+    ck_assert(tu_run_until_count(loop, &a.calls, 1, 1000));
     ck_assert(!rx_timer_active(b.timer));
-    run_for(loop, 40);
+    tu_run_for(loop, 40);
     ck_assert_int_eq(b.calls, 0);
 
     /* Both due in the same iteration: whichever runs first stops the other. */
@@ -290,7 +269,7 @@ START_TEST(test_cancel_other_from_callback) {
     unsigned long long deadline = tu_now_ms() + 1000;
     while (c.calls + d.calls == 0 && tu_now_ms() < deadline)
         rx_loop_run_once(loop, 10);
-    run_for(loop, 20);
+    tu_run_for(loop, 20);
     total = c.calls + d.calls;
     ck_assert_int_eq(total, 1);
     ck_assert(!rx_timer_active(c.timer));
@@ -303,9 +282,9 @@ START_TEST(test_cancel_other_from_callback) {
     f.stop_other = e.timer;
     ck_assert_int_eq(rx_timer_start(e.timer, 1, 1), 0);
     ck_assert_int_eq(rx_timer_start(f.timer, 15, 0), 0);
-    ck_assert(run_until_count(loop, &f.calls, 1, 1000));
+    ck_assert(tu_run_until_count(loop, &f.calls, 1, 1000));
     int ec = e.calls;
-    run_for(loop, 20);
+    tu_run_for(loop, 20);
     ck_assert_int_eq(e.calls, ec);
 
     rx_timer_free(a.timer);
@@ -334,7 +313,7 @@ START_TEST(test_free_other_from_callback) {
     unsigned long long deadline = tu_now_ms() + 1000;
     while (c.calls + d.calls == 0 && tu_now_ms() < deadline)
         rx_loop_run_once(loop, 10);
-    run_for(loop, 20);
+    tu_run_for(loop, 20);
     ck_assert(freed);
     ck_assert_int_eq(c.calls + d.calls, 1);
     rx_timer_free(c.calls ? c.timer : d.timer);
@@ -350,8 +329,8 @@ START_TEST(test_free_inside_own_callback) {
     new_rec_timer(loop, &rep, 1);
     ck_assert_int_eq(rx_timer_start(one.timer, 2, 0), 0);
     ck_assert_int_eq(rx_timer_start(rep.timer, 1, 2), 0);
-    ck_assert(run_until_count(loop, &rep.calls, 3, 1000));
-    run_for(loop, 30);
+    ck_assert(tu_run_until_count(loop, &rep.calls, 3, 1000));
+    tu_run_for(loop, 30);
     ck_assert_int_eq(one.calls, 1);
     ck_assert_int_eq(rep.calls, 3);
     /* An active timer freed outside the loop never fires. */
@@ -359,7 +338,7 @@ START_TEST(test_free_inside_own_callback) {
     new_rec_timer(loop, &z, 2);
     ck_assert_int_eq(rx_timer_start(z.timer, 0, 1), 0);
     rx_timer_free(z.timer);
-    run_for(loop, 10);
+    tu_run_for(loop, 10);
     ck_assert_int_eq(z.calls, 0);
     rx_loop_free(loop);
 }
@@ -377,9 +356,9 @@ START_TEST(test_restart_moves) {
     ck_assert_int_eq(rx_timer_start(t, 5, 0), 0);
     ck_assert_int_eq(rx_timer_start(t, 60, 0), 0);
     ck_assert(rx_timer_active(t));
-    run_for(loop, 35);
+    tu_run_for(loop, 35);
     ck_assert_int_eq(r.calls, 0);
-    ck_assert(run_until_count(loop, &r.calls, 1, 1000));
+    ck_assert(tu_run_until_count(loop, &r.calls, 1, 1000));
     ck_assert_uint_ge(r.fired_ms[0], t0 + 60);
 
     /* Earlier. */
@@ -387,7 +366,7 @@ START_TEST(test_restart_moves) {
     t0 = rx_loop_now_ms(loop);
     ck_assert_int_eq(rx_timer_start(t, 5000, 0), 0);
     ck_assert_int_eq(rx_timer_start(t, 10, 0), 0);
-    ck_assert(run_until_count(loop, &r.calls, 2, 300));
+    ck_assert(tu_run_until_count(loop, &r.calls, 2, 300));
     ck_assert_uint_ge(r.fired_ms[1], t0 + 10);
     ck_assert_uint_lt(r.fired_ms[1], t0 + 300);
     ck_assert(!rx_timer_active(t)); /* the 5 s entry is gone */
@@ -395,8 +374,8 @@ START_TEST(test_restart_moves) {
     /* Restarting a repeating timer as one-shot. */
     ck_assert_int_eq(rx_timer_start(t, 1, 1), 0);
     ck_assert_int_eq(rx_timer_start(t, 2, 0), 0);
-    ck_assert(run_until_count(loop, &r.calls, 3, 300));
-    run_for(loop, 20);
+    ck_assert(tu_run_until_count(loop, &r.calls, 3, 300));
+    tu_run_for(loop, 20);
     ck_assert_int_eq(r.calls, 3);
     rx_timer_free(t);
     rx_loop_free(loop);
@@ -520,16 +499,10 @@ START_TEST(test_wait_bounded_by_nearest_timer) {
 }
 END_TEST
 
-static void spin_ms(unsigned ms) {
-    unsigned long long end = tu_now_ms() + ms;
-    while (tu_now_ms() < end) {
-    }
-}
-
 static void slow_cb(rx_timer *t, void *arg) {
     (void)t;
     (void)arg;
-    spin_ms(60);
+    tu_spin_ms(60);
 }
 
 START_TEST(test_wait_not_extended_by_stale_time) {
@@ -543,7 +516,7 @@ START_TEST(test_wait_not_extended_by_stale_time) {
     rx_loop_update_time(loop);
     uint64_t due = rx_loop_now_ms(loop) + 80;
     ck_assert_int_eq(rx_timer_start(t, 80, 0), 0);
-    spin_ms(60);
+    tu_spin_ms(60);
     unsigned long long t0 = tu_now_ms();
     while (r.calls == 0 && tu_now_ms() - t0 < 500)
         ck_assert_int_ge(rx_loop_run_once(loop, -1), 0);
@@ -648,8 +621,8 @@ START_TEST(test_many_random_timers) {
     big_setup(loop);
     for (uint32_t i = 0; i < BIG; i++)
         ck_assert_int_eq(rx_timer_start(big_timers[i], big.timeout[i], 0), 0);
-    ck_assert(run_until_count(loop, &big.nfired, BIG, 5000));
-    run_for(loop, 10);
+    ck_assert(tu_run_until_count(loop, &big.nfired, BIG, 5000));
+    tu_run_for(loop, 10);
     ck_assert_int_eq(big.nfired, BIG);
     ck_assert_int_eq(big.order_violations, 0);
     ck_assert_int_eq(big.early, 0);
@@ -680,7 +653,7 @@ START_TEST(test_many_add_stop_pairs) {
         rx_timer_stop(big_timers[0]);
     }
     ck_assert(!rx_timer_active(big_timers[0]));
-    run_for(loop, 60);
+    tu_run_for(loop, 60);
     ck_assert_int_eq(big.nfired, 0);
     for (uint32_t i = 0; i < BIG; i++)
         rx_timer_free(big_timers[i]);
@@ -708,8 +681,8 @@ START_TEST(test_many_stop_random_half) {
             live--;
         }
     }
-    ck_assert(run_until_count(loop, &big.nfired, live, 5000));
-    run_for(loop, 10);
+    ck_assert(tu_run_until_count(loop, &big.nfired, live, 5000));
+    tu_run_for(loop, 10);
     ck_assert_int_eq(big.nfired, live);
     ck_assert_int_eq(big.order_violations, 0);
     ck_assert_int_eq(big.early, 0);
@@ -730,7 +703,7 @@ START_TEST(test_new_enomem) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
     int calls = 0;
-    fail_allocs();
+    tu_fail_allocs();
     errno = 0;
     ck_assert_ptr_null(rx_timer_new(loop, noop_timer_cb, &calls));
     ck_assert_int_eq(errno, ENOMEM);
@@ -761,7 +734,7 @@ START_TEST(test_start_enomem_leaves_stopped) {
     }
     /* One already running before the failure, then restarted while failing. */
     ck_assert_int_eq(rx_timer_start(ts[0], 1000, 0), 0);
-    fail_allocs();
+    tu_fail_allocs();
     int nstarted = 0;
     for (int i = 0; i < N; i++) {
         int rc = rx_timer_start(ts[i], (uint64_t)(i % 7), 0);
@@ -771,7 +744,7 @@ START_TEST(test_start_enomem_leaves_stopped) {
         nstarted += started[i];
     }
     rx_sys_reset();
-    run_for(loop, 30);
+    tu_run_for(loop, 30);
     int total = 0;
     for (int i = 0; i < N; i++) {
         ck_assert_int_eq(calls[i], started[i] ? 1 : 0);
@@ -786,8 +759,7 @@ END_TEST
 
 static Suite *timer_suite(void) {
     Suite *s = suite_create("timer");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 60);
+    TCase *tc = tu_tcase(s, "core", 60);
     tcase_add_test(tc, test_oneshot);
     tcase_add_test(tc, test_active);
     tcase_add_test(tc, test_order_different_timeouts);
@@ -808,14 +780,7 @@ static Suite *timer_suite(void) {
     tcase_add_test(tc, test_many_stop_random_half);
     tcase_add_test(tc, test_new_enomem);
     tcase_add_test(tc, test_start_enomem_leaves_stopped);
-    suite_add_tcase(s, tc);
     return s;
 }
 
-int main(void) {
-    SRunner *sr = srunner_create(timer_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
-}
+int main(void) { return tu_main(timer_suite()); }

@@ -1,10 +1,42 @@
 /* Helpers shared by the test suites (see testutil.h). */
 #include "testutil.h"
 
-#include <check.h>
+#include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
+
+#include "sys.h"
+
+int tu_main(Suite *s) {
+    signal(SIGPIPE, SIG_IGN);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
+
+void tu_teardown(void) { rx_sys_reset(); }
+
+TCase *tu_tcase(Suite *s, const char *name, double timeout) {
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, timeout);
+    tcase_add_checked_fixture(tc, NULL, tu_teardown);
+    suite_add_tcase(s, tc);
+    return tc;
+}
 
 void tu_nonblock(int fd) {
     int fl = fcntl(fd, F_GETFL);
@@ -16,10 +48,25 @@ void tu_socketpair(int sv[2]) {
     ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
 }
 
+bool tu_fd_closed(int fd) {
+    errno = 0;
+    return fcntl(fd, F_GETFD) == -1 && errno == EBADF;
+}
+
+void tu_set_buf(int fd, int opt, int bytes) {
+    ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, opt, &bytes, sizeof(bytes)), 0);
+}
+
 unsigned long long tu_now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (unsigned long long)ts.tv_sec * 1000u + (unsigned long long)ts.tv_nsec / 1000000u;
+}
+
+void tu_spin_ms(unsigned ms) {
+    unsigned long long end = tu_now_ms() + ms;
+    while (tu_now_ms() < end) {
+    }
 }
 
 bool tu_run_until(rx_loop *loop, const bool *done, int max_ms) {
@@ -29,14 +76,31 @@ bool tu_run_until(rx_loop *loop, const bool *done, int max_ms) {
     return *done;
 }
 
-/* ---- TCP helpers ---- */
+bool tu_run_until_count(rx_loop *loop, const int *count, int want, int max_ms) {
+    unsigned long long deadline = tu_now_ms() + (unsigned long long)max_ms;
+    while (*count < want && tu_now_ms() < deadline)
+        ck_assert_int_ge(rx_loop_run_once(loop, 10), 0);
+    return *count >= want;
+}
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <string.h>
-#include <unistd.h>
+void tu_run_for(rx_loop *loop, int ms) {
+    unsigned long long deadline = tu_now_ms() + (unsigned long long)ms;
+    while (tu_now_ms() < deadline)
+        ck_assert_int_ge(rx_loop_run_once(loop, 10), 0);
+}
+
+bool tu_run_until_fn(rx_loop *loop, bool (*fn)(void *arg), void *arg, int max_ms, int wait_ms) {
+    unsigned long long deadline = tu_now_ms() + (unsigned long long)max_ms;
+    for (;;) {
+        if (fn(arg))
+            return true;
+        if (tu_now_ms() >= deadline)
+            return fn(arg);
+        ck_assert_int_ge(rx_loop_run_once(loop, wait_ms), 0);
+    }
+}
+
+/* ---- TCP helpers ---- */
 
 static struct sockaddr_in loopback(int port) {
     struct sockaddr_in sin;
@@ -47,7 +111,7 @@ static struct sockaddr_in loopback(int port) {
     return sin;
 }
 
-static int bound_port(int fd) {
+int tu_local_port(int fd) {
     struct sockaddr_in sin;
     socklen_t len = sizeof(sin);
     ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
@@ -60,7 +124,7 @@ int tu_tcp_listen(int backlog, int *port) {
     struct sockaddr_in sin = loopback(0);
     ck_assert_int_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
     ck_assert_int_eq(listen(fd, backlog), 0);
-    *port = bound_port(fd);
+    *port = tu_local_port(fd);
     return fd;
 }
 
@@ -89,15 +153,44 @@ void tu_tcp_pair(int *a, int *b) {
     close(lfd);
 }
 
+void tu_small_tcp_pair(int *a, int *b) {
+    tu_tcp_pair(a, b);
+    tu_set_buf(*a, SO_SNDBUF, 32 * KiB);
+    tu_set_buf(*b, SO_RCVBUF, 32 * KiB);
+}
+
+rx_conn *tu_conn_pair(rx_loop *loop, bool small, const rx_conn_opts *o,
+                      const rx_conn_callbacks *cbs, void *arg, int *peer) {
+    int a;
+    if (small)
+        tu_small_tcp_pair(&a, peer);
+    else
+        tu_tcp_pair(&a, peer);
+    rx_conn *c = rx_conn_new(loop, a, o, cbs, arg);
+    ck_assert_ptr_nonnull(c);
+    return c;
+}
+
 int tu_free_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     ck_assert_int_ge(fd, 0);
     struct sockaddr_in sin = loopback(0);
     ck_assert_int_eq(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
-    int port = bound_port(fd);
+    int port = tu_local_port(fd);
     close(fd);
     return port;
 }
+
+void tu_addr(char *buf, size_t n, int port) { snprintf(buf, n, "127.0.0.1:%d", port); }
+
+rx_server *tu_server(rx_loop *loop, rx_server_opts *o) {
+    o->listen = "127.0.0.1:0";
+    rx_server *s = rx_server_new(loop, o);
+    ck_assert_ptr_nonnull(s);
+    return s;
+}
+
+int tu_server_port(const rx_server *s) { return rx_addr_port(rx_server_addr(s)); }
 
 short tu_poll(int fd, short events, int ms) {
     struct pollfd p = {.fd = fd, .events = events};
@@ -107,6 +200,28 @@ short tu_poll(int fd, short events, int ms) {
     while (n < 0 && errno == EINTR);
     return n > 0 ? p.revents : 0;
 }
+
+static void guard_fired(rx_timer *t, void *arg) {
+    (void)t;
+    tu_guard *g = arg;
+    g->fired = true;
+    rx_loop_stop(g->loop);
+}
+
+void tu_guard_start(tu_guard *g, rx_loop *loop, uint64_t ms) {
+    g->loop = loop;
+    g->fired = false;
+    g->timer = rx_timer_new(loop, guard_fired, g);
+    ck_assert_ptr_nonnull(g->timer);
+    ck_assert_int_eq(rx_timer_start(g->timer, ms, 0), 0);
+}
+
+void tu_guard_free(tu_guard *g) {
+    rx_timer_free(g->timer);
+    g->timer = NULL;
+}
+
+/* ---- the byte pattern ---- */
 
 /* The stream is a table of a prime length plus the number of the lap, so both a misplaced
  * chunk and a repeated lap show. */
@@ -161,22 +276,37 @@ long long tu_pattern_check(const void *buf, unsigned long long off, size_t n) {
     return -1;
 }
 
-void tu_run_for(rx_loop *loop, int ms) {
-    unsigned long long deadline = tu_now_ms() + (unsigned long long)ms;
-    while (tu_now_ms() < deadline)
-        ck_assert_int_ge(rx_loop_run_once(loop, 10), 0);
+char *tu_pattern_alloc(unsigned long long off, size_t n) {
+    char *p = malloc(n ? n : 1);
+    ck_assert_ptr_nonnull(p);
+    tu_pattern_fill(p, off, n);
+    return p;
 }
 
-bool tu_run_until_fn(rx_loop *loop, bool (*fn)(void *arg), void *arg, int max_ms, int wait_ms) {
-    unsigned long long deadline = tu_now_ms() + (unsigned long long)max_ms;
-    for (;;) {
-        if (fn(arg))
-            return true;
-        if (tu_now_ms() >= deadline)
-            return fn(arg);
-        ck_assert_int_ge(rx_loop_run_once(loop, wait_ms), 0);
-    }
+int tu_send_pattern(rx_conn *c, unsigned long long off, size_t n) {
+    char *p = tu_pattern_alloc(off, n);
+    int rc = rx_conn_send(c, p, n);
+    free(p);
+    return rc;
 }
+
+int tu_pattern_file(size_t n) {
+    char path[] = "/tmp/rx-test-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    unlink(path);
+    char *p = tu_pattern_alloc(0, n);
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, p + done, n - done);
+        ck_assert_int_gt(w, 0);
+        done += (size_t)w;
+    }
+    free(p);
+    return fd;
+}
+
+/* ---- the far end of a connection ---- */
 
 void tu_peer_init(tu_peer *p, int fd, bool verify) {
     memset(p, 0, sizeof(*p));
@@ -223,6 +353,149 @@ void tu_peer_free(tu_peer *p) {
     rx_buffer_free(&p->got);
 }
 
+void tu_peer_write_all(rx_loop *loop, int fd, const void *buf, size_t n) {
+    const char *p = buf;
+    unsigned long long deadline = tu_now_ms() + 10000;
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w > 0) {
+            p += w;
+            n -= (size_t)w;
+            continue;
+        }
+        ck_assert_msg(w < 0 && (errno == EAGAIN || errno == EINTR), "peer send: %s",
+                      strerror(errno));
+        ck_assert_msg(tu_now_ms() < deadline, "peer could not write in 10 s");
+        ck_assert_int_ge(rx_loop_run_once(loop, 1), 0);
+    }
+}
+
+/* ---- a traced connection ---- */
+
+static void tr_note(tu_tr *t, const char *what) {
+    if (t->closes || t->done) {
+        t->late++;
+        t->late_what = what;
+    }
+}
+
+void tu_tr_open(rx_conn *c, void *arg) {
+    tu_tr *t = arg;
+    tr_note(t, "on_open");
+    t->opens++;
+    t->c = c;
+    t->open_ms = tu_now_ms();
+    t->state_at_open = rx_conn_get_state(c);
+    if (t->close_in_open)
+        rx_conn_close(c);
+    if (t->abort_in_open)
+        rx_conn_abort(c);
+}
+
+void tu_tr_data(rx_conn *c, rx_buffer *in, void *arg) {
+    tu_tr *t = arg;
+    tr_note(t, "on_data");
+    t->datas++;
+    ck_assert_uint_gt(rx_buffer_len(in), 0);
+    ck_assert_int_eq(rx_buffer_append(&t->in, rx_buffer_peek(in), rx_buffer_len(in)), 0);
+    if (t->echo)
+        ck_assert_int_eq(rx_conn_send(c, rx_buffer_peek(in), rx_buffer_len(in)), 0);
+    rx_buffer_consume(in, rx_buffer_len(in));
+}
+
+void tu_tr_drain(rx_conn *c, void *arg) {
+    (void)c;
+    tu_tr *t = arg;
+    tr_note(t, "on_drain");
+    t->drains++;
+}
+
+void tu_tr_high(rx_conn *c, size_t queued, void *arg) {
+    (void)c;
+    (void)queued;
+    tu_tr *t = arg;
+    tr_note(t, "on_high_water");
+    t->highs++;
+}
+
+void tu_tr_low(rx_conn *c, size_t queued, void *arg) {
+    (void)c;
+    (void)queued;
+    tu_tr *t = arg;
+    tr_note(t, "on_low_water");
+    t->lows++;
+}
+
+void tu_tr_eof(rx_conn *c, void *arg) {
+    (void)c;
+    tu_tr *t = arg;
+    tr_note(t, "on_eof");
+    t->eofs++;
+    t->in_at_eof = rx_buffer_len(&t->in);
+}
+
+void tu_tr_timeout(rx_conn *c, void *arg) {
+    (void)c;
+    tu_tr *t = arg;
+    tr_note(t, "on_timeout");
+    t->timeouts++;
+}
+
+void tu_tr_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
+    tu_tr *t = arg;
+    t->closes++;
+    t->reason = reason;
+    t->err = err;
+    t->ended_at_close = rx_conn_ended(c);
+    t->close_ms = tu_now_ms();
+    t->bytes_in = rx_conn_bytes_in(c);
+    t->bytes_out = rx_conn_bytes_out(c);
+    t->in_at_close = rx_buffer_len(&t->in);
+    t->c = NULL;
+}
+
+const rx_conn_callbacks tu_tr_cbs = {
+    .on_open = tu_tr_open,
+    .on_data = tu_tr_data,
+    .on_drain = tu_tr_drain,
+    .on_high_water = tu_tr_high,
+    .on_low_water = tu_tr_low,
+    .on_close = tu_tr_close,
+};
+
+bool tu_tr_closed(void *tr) { return ((tu_tr *)tr)->closes > 0; }
+
+bool tu_tr_opened(void *tr) {
+    tu_tr *t = tr;
+    return t->opens > 0 || t->closes > 0;
+}
+
+void tu_tr_assert_none_late(const tu_tr *t) {
+    ck_assert_msg(t->late == 0, "%d callback(s) after close, last %s", t->late, t->late_what);
+}
+
+void tu_tr_free(tu_tr *t) { rx_buffer_free(&t->in); }
+
+bool tu_peer_done(void *peer) { return tu_peer_read(peer); }
+
+bool tu_peer_has(void *duo) {
+    tu_duo *d = duo;
+    tu_peer_read(d->p);
+    return d->p->n >= d->want || d->p->eof || d->p->err;
+}
+
+bool tu_peer_done_and_closed(void *duo) {
+    tu_duo *d = duo;
+    return tu_peer_read(d->p) && d->t->closes > 0;
+}
+
+bool tu_tr_has(void *duo) {
+    tu_duo *d = duo;
+    return rx_buffer_len(&d->t->in) >= d->want || d->t->closes > 0;
+}
+
+/* ---- fault injection ---- */
+
 void *tu_fail_malloc(size_t n) {
     (void)n;
     errno = ENOMEM;
@@ -241,4 +514,146 @@ void *tu_fail_realloc(void *p, size_t n) {
     (void)n;
     errno = ENOMEM;
     return NULL;
+}
+
+void tu_fail_allocs(void) {
+    rx_sys.malloc = tu_fail_malloc;
+    rx_sys.calloc = tu_fail_calloc;
+    rx_sys.realloc = tu_fail_realloc;
+}
+
+struct tu_ctl tu_ctl = {.fd = -1};
+
+static int ctl_injected(int epfd, int op, int fd, struct epoll_event *ev) {
+    if (tu_ctl.fd >= 0 && fd != tu_ctl.fd)
+        return epoll_ctl(epfd, op, fd, ev);
+    tu_ctl.calls++;
+    if (op == EPOLL_CTL_MOD && ev && (ev->events & EPOLLOUT))
+        tu_ctl.out_mods++;
+    if (tu_ctl.fail_errno && (tu_ctl.fail_op == 0 || tu_ctl.fail_op == op)) {
+        tu_ctl.failures++;
+        errno = tu_ctl.fail_errno;
+        return -1;
+    }
+    return epoll_ctl(epfd, op, fd, ev);
+}
+
+void tu_inject_epoll_ctl(int fd) {
+    tu_ctl = (struct tu_ctl){.fd = fd};
+    rx_sys.epoll_ctl = ctl_injected;
+}
+
+struct tu_io tu_io = {.fd = -1};
+
+/* How many bytes write call k may take, or -1 with errno for an injected failure. */
+static long io_limit(void) {
+    unsigned k = tu_io.calls++;
+    if (tu_io.fail_errno) {
+        errno = tu_io.fail_errno;
+        return -1;
+    }
+    if (tu_io.shorten) {
+        if (k % 4 == 1) {
+            errno = EAGAIN;
+            return -1;
+        }
+        if (k % 7 == 3) {
+            errno = EINTR;
+            return -1;
+        }
+        return 1 + (long)((k * 7919u) % 3000u);
+    }
+    return tu_io.max_write ? (long)tu_io.max_write : -2;
+}
+
+static size_t io_cap(long lim, size_t n) { return lim == -2 ? n : tu_min(n, (size_t)lim); }
+
+/* After a write call on the injected fd: a full socket waits for room when never_full asks
+ * (returns true: try again); else the count is recorded. */
+static bool io_done(ssize_t n) {
+    if (n < 0 && errno == EAGAIN && tu_io.never_full) {
+        tu_poll(tu_io.fd, POLLOUT, 1000);
+        return true;
+    }
+    if (n > 0) {
+        tu_io.sent += (unsigned long long)n;
+        if ((size_t)n > tu_io.largest)
+            tu_io.largest = (size_t)n;
+    }
+    return false;
+}
+
+static ssize_t io_send(int fd, const void *buf, size_t n, int flags) {
+    if (fd != tu_io.fd)
+        return send(fd, buf, n, flags);
+    ssize_t r;
+    do {
+        long lim = io_limit();
+        if (lim == -1)
+            return -1;
+        r = send(fd, buf, io_cap(lim, n), flags);
+    } while (io_done(r));
+    return r;
+}
+
+static ssize_t io_sendmsg(int fd, const struct msghdr *msg, int flags) {
+    if (fd != tu_io.fd)
+        return sendmsg(fd, msg, flags);
+    ssize_t r;
+    do {
+        long lim = io_limit();
+        if (lim == -1)
+            return -1;
+        /* The first lim bytes of the message, in at most 64 pieces. */
+        struct iovec iov[64];
+        size_t cnt = 0, total = 0, max = io_cap(lim, SIZE_MAX);
+        for (size_t i = 0; i < msg->msg_iovlen && cnt < 64 && total < max; i++) {
+            size_t take = tu_min(msg->msg_iov[i].iov_len, max - total);
+            iov[cnt++] = (struct iovec){.iov_base = msg->msg_iov[i].iov_base, .iov_len = take};
+            total += take;
+        }
+        struct msghdr m = *msg;
+        m.msg_iov = iov;
+        m.msg_iovlen = cnt;
+        r = sendmsg(fd, &m, flags);
+    } while (io_done(r));
+    return r;
+}
+
+static ssize_t io_sendfile(int out, int in, off_t *off, size_t n) {
+    if (out != tu_io.fd)
+        return sendfile(out, in, off, n);
+    ssize_t r;
+    do {
+        long lim = io_limit();
+        if (lim == -1)
+            return -1;
+        r = sendfile(out, in, off, io_cap(lim, n));
+    } while (io_done(r));
+    return r;
+}
+
+static ssize_t io_read(int fd, void *buf, size_t n) {
+    if (fd == tu_io.fd && tu_io.fail_errno) {
+        errno = tu_io.fail_errno;
+        return -1;
+    }
+    return read(fd, buf, n);
+}
+
+static ssize_t io_readv(int fd, const struct iovec *iov, int cnt) {
+    if (fd == tu_io.fd && tu_io.fail_errno) {
+        errno = tu_io.fail_errno;
+        return -1;
+    }
+    return readv(fd, iov, cnt);
+}
+
+void tu_inject_io(int fd) {
+    tu_io = (struct tu_io){.fd = fd};
+    rx_sys.send = io_send;
+    rx_sys.sendmsg = io_sendmsg;
+    rx_sys.sendfile = io_sendfile;
+    rx_sys.read = io_read;
+    rx_sys.readv = io_readv;
 }
