@@ -18,6 +18,30 @@
 #include "sys.h"
 #include "testutil.h"
 
+/* ---- the peer's view ---- */
+
+/* The peer (fd b, closed after) reads until its stream ends: it sees that end and no byte. */
+static void peer_sees_bare_eof(rx_loop *loop, int b, int max_ms) {
+    tu_peer p;
+    tu_peer_init(&p, b, false);
+    ck_assert(tu_run_until_fn(loop, tu_peer_done, &p, max_ms, 1));
+    ck_assert(p.eof);
+    ck_assert_uint_eq(p.n, 0);
+    tu_peer_free(&p);
+}
+
+/* The peer (fd b, closed after) reads until its stream ends: a reset, after bytes that are a
+ * correct start of the pattern. Returns how many it read. */
+static unsigned long long peer_sees_reset(rx_loop *loop, int b) {
+    tu_peer p;
+    tu_peer_init(&p, b, true);
+    ck_assert(tu_run_until_fn(loop, tu_peer_done, &p, 2000, 1));
+    ck_assert_int_eq(p.err, ECONNRESET);
+    ck_assert_int_eq(p.bad, -1);
+    tu_peer_free(&p);
+    return p.n;
+}
+
 /* ---- half-close ---- */
 
 START_TEST(test_peer_half_close_delivers_all) {
@@ -38,12 +62,7 @@ START_TEST(test_peer_half_close_delivers_all) {
     ck_assert_uint_eq(t.bytes_in, n);
     tu_tr_assert_none_late(&t);
     /* The peer sees the connection end. */
-    tu_peer p;
-    tu_peer_init(&p, b, false);
-    ck_assert(tu_run_until_fn(loop, tu_peer_done, &p, 2000, 1));
-    ck_assert(p.eof);
-    ck_assert_uint_eq(p.n, 0);
-    tu_peer_free(&p);
+    peer_sees_bare_eof(loop, b, 2000);
     free(data);
     tu_tr_free(&t);
     rx_loop_free(loop);
@@ -85,8 +104,7 @@ START_TEST(test_local_shutdown_keeps_reading) {
 
     /* Then the peer ends too: closed with PEER. */
     ck_assert_int_eq(shutdown(b, SHUT_WR), 0);
-    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &t, 2000, 5));
-    ck_assert_int_eq(t.reason, RX_CLOSE_PEER);
+    tu_tr_wait_close(loop, &t, 2000, RX_CLOSE_PEER);
     ck_assert_int_eq(t.err, 0);
     ck_assert_uint_eq(t.bytes_out, out);
     ck_assert_uint_eq(t.bytes_in, more);
@@ -192,28 +210,16 @@ START_TEST(test_send_epipe_after_close_or_shutdown) {
     rx_conn *c3 = rx_conn_new(loop, a3, &(rx_conn_opts){.close_timeout_ms = 100}, &cbs3, &t3);
     ck_assert_ptr_nonnull(c3);
     tu_peer_write_all(loop, b3, "z", 1);
-    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &t3, 2000, 5));
-    ck_assert_int_eq(t3.reason, RX_CLOSE_LOCAL);
+    tu_tr_wait_close(loop, &t3, 2000, RX_CLOSE_LOCAL);
     ck_assert_int_eq(t3.datas, 1);
 
     /* The peer of the shut connection sees EOF at once. */
-    tu_peer p1;
-    tu_peer_init(&p1, b1, false);
-    ck_assert(tu_run_until_fn(loop, tu_peer_done, &p1, 2000, 1));
-    ck_assert(p1.eof);
-    ck_assert_uint_eq(p1.n, 0);
+    peer_sees_bare_eof(loop, b1, 2000);
     ck_assert_int_eq(t1.closes, 0);
 
-    tu_peer_free(&p1);
     close(b2);
     close(b3);
-    rx_loop_free(loop);
-    ck_assert_int_eq(t1.closes, 1);
-    ck_assert_int_eq(t2.closes, 1);
-    ck_assert_int_eq(t3.closes, 1);
-    tu_tr_free(&t1);
-    tu_tr_free(&t2);
-    tu_tr_free(&t3);
+    tu_free_loop_closing(loop, &t1, &t2, &t3, NULL);
 }
 END_TEST
 
@@ -286,20 +292,10 @@ START_TEST(test_abort_drops_queue) {
     ck_assert_int_eq(tu_send_pattern(c, 0, 4 * MiB), 0);
     ck_assert_uint_gt(rx_conn_queued(c), MiB);
     rx_conn_abort(c); /* outside the loop: on_close runs from the loop, never inside the call */
-    ck_assert_int_eq(t.closes, 0);
     ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CLOSED);
-    rx_loop_run_once(loop, 0);
-    ck_assert_int_eq(t.closes, 1);
-    ck_assert_int_eq(t.reason, RX_CLOSE_LOCAL);
-    tu_peer p;
-    tu_peer_init(&p, b, true);
-    ck_assert(tu_run_until_fn(loop, tu_peer_done, &p, 2000, 1));
-    ck_assert_int_eq(p.err, ECONNRESET);
-    ck_assert_uint_lt(p.n, 4 * MiB);
-    ck_assert_int_eq(p.bad, -1);
-    tu_run_for(loop, 20);
-    ck_assert_int_eq(t.closes, 1);
-    tu_peer_free(&p);
+    tu_tr_assert_closes_next(loop, &t, RX_CLOSE_LOCAL);
+    ck_assert_uint_lt(peer_sees_reset(loop, b), 4 * MiB);
+    tu_tr_assert_closed_once(loop, &t, 20);
     tu_tr_free(&t);
     rx_loop_free(loop);
 }
@@ -309,11 +305,9 @@ END_TEST
 
 START_TEST(test_peer_reset_mid_send) {
     rx_loop *loop = rx_loop_new();
-    int a, b;
-    tu_small_tcp_pair(&a, &b);
     tu_tr t = {0};
-    rx_conn *c = rx_conn_new(loop, a, NULL, &tu_tr_cbs, &t);
-    ck_assert_ptr_nonnull(c);
+    int b;
+    rx_conn *c = tu_conn_pair(loop, true, NULL, &tu_tr_cbs, &t, &b);
     ck_assert_int_eq(tu_send_pattern(c, 0, 8 * MiB), 0);
     tu_run_for(loop, 20);
     ck_assert_uint_gt(rx_conn_queued(c), MiB);
@@ -327,8 +321,7 @@ START_TEST(test_peer_reset_mid_send) {
     ck_assert_int_eq(t.closes, 1);
     ck_assert_int_eq(t.reason, RX_CLOSE_RESET);
     ck_assert_msg(t.err == -ECONNRESET || t.err == -EPIPE, "err %d", t.err);
-    tu_run_for(loop, 20);
-    ck_assert_int_eq(t.closes, 1);
+    tu_tr_assert_closed_once(loop, &t, 20);
     tu_tr_assert_none_late(&t);
     tu_tr_free(&t);
     rx_loop_free(loop);
@@ -364,12 +357,7 @@ START_TEST(test_item3_idle_timeout_cannot_lift_close_deadline) {
     ck_assert_int_eq(t.datas, 0);
     tu_tr_assert_none_late(&t);
     /* Our end of stream reached the peer, and nothing else. */
-    tu_peer p;
-    tu_peer_init(&p, b, false);
-    ck_assert(tu_run_until_fn(loop, tu_peer_done, &p, 1000, 1));
-    ck_assert(p.eof);
-    ck_assert_uint_eq(p.n, 0);
-    tu_peer_free(&p);
+    peer_sees_bare_eof(loop, b, 1000);
     tu_tr_free(&t);
     rx_loop_free(loop);
 }
@@ -447,14 +435,8 @@ START_TEST(test_item17_close_deadline_aborts_nonreader) {
     ck_assert_int_eq(t.err, -ETIMEDOUT);
     ck_assert_int_eq(t.timeouts, 0);
     ck_assert_uint_lt(t.bytes_out, 4 * MiB);
-    tu_peer p;
-    tu_peer_init(&p, b, true);
-    ck_assert(tu_run_until_fn(loop, tu_peer_done, &p, 2000, 1));
-    ck_assert_int_eq(p.err, ECONNRESET);
-    ck_assert_int_eq(p.bad, -1);
-    tu_run_for(loop, 20);
-    ck_assert_int_eq(t.closes, 1);
-    tu_peer_free(&p);
+    peer_sees_reset(loop, b);
+    tu_tr_assert_closed_once(loop, &t, 20);
     tu_tr_free(&t);
     rx_loop_free(loop);
 }
@@ -501,8 +483,7 @@ START_TEST(test_item17_close_deadline_spares_slow_reader) {
                   eof ? "EOF" : strerror(err));
     ck_assert_int_eq(bad, -1);
     ck_assert_uint_ge(ms, 5 * 200); /* it outlived the deadline many times over */
-    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &t, 2000, 5));
-    ck_assert_int_eq(t.reason, RX_CLOSE_LOCAL);
+    tu_tr_wait_close(loop, &t, 2000, RX_CLOSE_LOCAL);
     ck_assert_int_eq(t.err, 0);
     ck_assert_uint_eq(t.bytes_out, total);
     tu_tr_assert_none_late(&t);

@@ -24,14 +24,26 @@
 
 #define BIG (64ull * MiB)
 
+/* What on_close saw on one side. */
+struct bulk_end {
+    int closes;
+    rx_close_reason reason;
+    unsigned long long in, out; /* the connection's counters */
+};
+
 static struct bulk {
     unsigned long long sent, recvd;
     long long bad;
-    int closes_c, closes_s;
-    rx_close_reason reason_c, reason_s;
-    unsigned long long s_in, s_out, c_in, c_out;
+    struct bulk_end client, server;
     int s_highs, s_lows;
 } bk;
+
+static void bulk_ended(struct bulk_end *e, rx_conn *c, rx_close_reason r) {
+    e->closes++;
+    e->reason = r;
+    e->in = rx_conn_bytes_in(c);
+    e->out = rx_conn_bytes_out(c);
+}
 
 static char bulk_chunk[64 * KiB];
 
@@ -71,10 +83,7 @@ static void bulk_c_data(rx_conn *c, rx_buffer *in, void *arg) {
 static void bulk_c_close(rx_conn *c, rx_close_reason r, int err, void *arg) {
     (void)arg;
     (void)err;
-    bk.closes_c++;
-    bk.reason_c = r;
-    bk.c_in = rx_conn_bytes_in(c);
-    bk.c_out = rx_conn_bytes_out(c);
+    bulk_ended(&bk.client, c, r);
 }
 
 static void bulk_s_data(rx_conn *c, rx_buffer *in, void *arg) {
@@ -97,15 +106,12 @@ static void bulk_s_low(rx_conn *c, size_t q, void *arg) {
 static void bulk_s_close(rx_conn *c, rx_close_reason r, int err, void *arg) {
     (void)arg;
     (void)err;
-    bk.closes_s++;
-    bk.reason_s = r;
-    bk.s_in = rx_conn_bytes_in(c);
-    bk.s_out = rx_conn_bytes_out(c);
+    bulk_ended(&bk.server, c, r);
 }
 
 static bool bulk_done(void *arg) {
     (void)arg;
-    return bk.closes_c > 0 && bk.closes_s > 0;
+    return bk.client.closes > 0 && bk.server.closes > 0;
 }
 
 START_TEST(test_64mib_both_ways) {
@@ -142,14 +148,14 @@ START_TEST(test_64mib_both_ways) {
     ck_assert_int_eq(bk.bad, -1);
     ck_assert_uint_eq(bk.sent, BIG);
     ck_assert_uint_eq(bk.recvd, BIG);
-    ck_assert_int_eq(bk.closes_c, 1);
-    ck_assert_int_eq(bk.closes_s, 1);
-    ck_assert_int_eq(bk.reason_c, RX_CLOSE_LOCAL);
-    ck_assert_int_eq(bk.reason_s, RX_CLOSE_PEER);
-    ck_assert_uint_eq(bk.s_in, BIG);
-    ck_assert_uint_eq(bk.s_out, BIG);
-    ck_assert_uint_eq(bk.c_in, BIG);
-    ck_assert_uint_eq(bk.c_out, BIG);
+    ck_assert_int_eq(bk.client.closes, 1);
+    ck_assert_int_eq(bk.server.closes, 1);
+    ck_assert_int_eq(bk.client.reason, RX_CLOSE_LOCAL);
+    ck_assert_int_eq(bk.server.reason, RX_CLOSE_PEER);
+    ck_assert_uint_eq(bk.server.in, BIG);
+    ck_assert_uint_eq(bk.server.out, BIG);
+    ck_assert_uint_eq(bk.client.in, BIG);
+    ck_assert_uint_eq(bk.client.out, BIG);
     fprintf(stderr, "64 MiB each way in %llu ms (server high/low water %d/%d)\n", ms, bk.s_highs,
             bk.s_lows);
     rx_server_free(s);
@@ -281,8 +287,7 @@ START_TEST(test_pause_resume_read) {
     tu_run_for(loop, 50);
     ck_assert_int_eq(t.closes, 0);
     rx_conn_resume_read(c);
-    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &t, 2000, 5));
-    ck_assert_int_eq(t.reason, RX_CLOSE_PEER);
+    tu_tr_wait_close(loop, &t, 2000, RX_CLOSE_PEER);
     close(b);
     tu_tr_free(&t);
     rx_loop_free(loop);
@@ -342,12 +347,10 @@ END_TEST
  * drained output buffer is released. */
 START_TEST(test_epollout_only_while_queued) {
     rx_loop *loop = rx_loop_new();
-    int a, b;
-    tu_small_tcp_pair(&a, &b);
     tu_tr t = {.echo = true};
-    rx_conn *c = rx_conn_new(loop, a, NULL, &tu_tr_cbs, &t);
-    ck_assert_ptr_nonnull(c);
-    tu_inject_epoll_ctl(a);
+    int b;
+    rx_conn *c = tu_conn_pair(loop, true, NULL, &tu_tr_cbs, &t, &b);
+    tu_inject_epoll_ctl(rx_conn_fd(c));
     tu_peer p;
     tu_peer_init(&p, b, false);
     tu_duo d = {&t, &p, 0};
@@ -385,15 +388,11 @@ END_TEST
 
 START_TEST(test_idle_timeout_writes_keep_alive) {
     rx_loop *loop = rx_loop_new();
-    int a1, b1, a2, b2;
-    tu_tcp_pair(&a1, &b1);
-    tu_tcp_pair(&a2, &b2);
     tu_tr t1 = {0}, t2 = {0};
+    int b1, b2;
     rx_conn_opts o = {.idle_timeout_ms = 100};
-    rx_conn *c1 = rx_conn_new(loop, a1, &o, &tu_tr_cbs, &t1);
-    rx_conn *c2 = rx_conn_new(loop, a2, &o, &tu_tr_cbs, &t2);
-    ck_assert_ptr_nonnull(c1);
-    ck_assert_ptr_nonnull(c2);
+    rx_conn *c1 = tu_conn_pair(loop, false, &o, &tu_tr_cbs, &t1, &b1);
+    rx_conn *c2 = tu_conn_pair(loop, false, &o, &tu_tr_cbs, &t2, &b2);
     ck_assert_int_eq(rx_conn_set_idle_timeout(c2, 0), 0); /* disabled */
     tu_peer p1;
     tu_peer_init(&p1, b1, false);
@@ -412,8 +411,7 @@ START_TEST(test_idle_timeout_writes_keep_alive) {
     ck_assert_uint_ge(p1.n, 5);
     /* Now silent: c1 times out about 100 ms after its last write; c2 never does. */
     unsigned long long quiet = tu_now_ms();
-    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &t1, 2000, 5));
-    ck_assert_int_eq(t1.reason, RX_CLOSE_TIMEOUT);
+    tu_tr_wait_close(loop, &t1, 2000, RX_CLOSE_TIMEOUT);
     ck_assert_int_le(t1.err, 0);
     ck_assert_uint_ge(t1.close_ms - quiet, 50);
     ck_assert_uint_lt(t1.close_ms - last, 1000);
@@ -422,8 +420,7 @@ START_TEST(test_idle_timeout_writes_keep_alive) {
     /* Re-enabled: it times out too. */
     ck_assert_int_eq(rx_conn_set_idle_timeout(c2, 60), 0);
     unsigned long long armed = rx_loop_now_ms(loop); /* the timer counts from the cached time */
-    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &t2, 2000, 5));
-    ck_assert_int_eq(t2.reason, RX_CLOSE_TIMEOUT);
+    tu_tr_wait_close(loop, &t2, 2000, RX_CLOSE_TIMEOUT);
     ck_assert_uint_ge(t2.close_ms - armed, 50);
     tu_peer_free(&p1);
     close(b2);

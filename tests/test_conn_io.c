@@ -75,8 +75,7 @@ START_TEST(test_echo_counters_addrs) {
     ck_assert_int_eq(t.err, 0);
     ck_assert_uint_eq(t.bytes_in, sizeof(msg) - 1);
     ck_assert_uint_eq(t.bytes_out, sizeof(msg) - 1);
-    tu_run_for(loop, 20);
-    ck_assert_int_eq(t.closes, 1);
+    tu_tr_assert_closed_once(loop, &t, 20);
     tu_tr_assert_none_late(&t);
     tu_peer_free(&p);
     tu_tr_free(&t);
@@ -162,9 +161,7 @@ START_TEST(test_sendfile_in_on_data) {
     ck_assert_uint_eq(rx_conn_queued(c), 0);
     close(file);
     tu_peer_free(&p);
-    rx_loop_free(loop);
-    ck_assert_int_eq(t.closes, 1);
-    tu_tr_free(&t);
+    tu_free_loop_closing(loop, &t, NULL);
 }
 END_TEST
 
@@ -303,14 +300,12 @@ END_TEST
 
 START_TEST(test_injected_short_writes) {
     rx_loop *loop = rx_loop_new();
-    int a, b;
-    tu_tcp_pair(&a, &b);
     tu_tr t = {0};
-    rx_conn *c = rx_conn_new(loop, a, NULL, &tu_tr_cbs, &t);
-    ck_assert_ptr_nonnull(c);
+    int b;
+    rx_conn *c = tu_conn_pair(loop, false, NULL, &tu_tr_cbs, &t, &b);
     const size_t total = 2 * MiB + 777;
     int file = tu_pattern_file(total);
-    tu_inject_io(a);
+    tu_inject_io(rx_conn_fd(c));
     tu_io.shorten = true;
     /* Pieces of every kind, of uneven sizes, each starting where the previous one ended. */
     size_t off = 0;
@@ -403,13 +398,11 @@ END_TEST
 
 START_TEST(test_enomem_after_partial_write_closes) {
     rx_loop *loop = rx_loop_new();
-    int a, b;
-    tu_tcp_pair(&a, &b);
     tu_tr t = {0};
-    rx_conn *c = rx_conn_new(loop, a, NULL, &tu_tr_cbs, &t);
-    ck_assert_ptr_nonnull(c);
+    int b;
+    rx_conn *c = tu_conn_pair(loop, false, NULL, &tu_tr_cbs, &t, &b);
     char *data = tu_pattern_alloc(0, 1000);
-    tu_inject_io(a);
+    tu_inject_io(rx_conn_fd(c));
     tu_io.max_write = 10;
     tu_fail_allocs();
     int rc = rx_conn_send(c, data, 1000);
@@ -417,10 +410,7 @@ START_TEST(test_enomem_after_partial_write_closes) {
     /* Part of the message is on the wire and the rest cannot be kept: the stream is broken, so
      * the connection closes with ENOMEM. */
     ck_assert_int_eq(rc, -ENOMEM);
-    ck_assert_int_eq(t.closes, 0); /* on_close comes from the loop */
-    rx_loop_run_once(loop, 0);
-    ck_assert_int_eq(t.closes, 1);
-    ck_assert_int_eq(t.reason, RX_CLOSE_ERROR);
+    tu_tr_assert_closes_next(loop, &t, RX_CLOSE_ERROR);
     ck_assert_int_eq(t.err, -ENOMEM);
     tu_peer p;
     tu_peer_init(&p, b, true);
@@ -438,26 +428,19 @@ END_TEST
 
 START_TEST(test_injected_reset) {
     rx_loop *loop = rx_loop_new();
-    int a1, b1, a2, b2;
-    tu_tcp_pair(&a1, &b1);
-    tu_tcp_pair(&a2, &b2);
     tu_tr t1 = {0}, t2 = {0};
-    rx_conn *c1 = rx_conn_new(loop, a1, NULL, &tu_tr_cbs, &t1);
-    rx_conn *c2 = rx_conn_new(loop, a2, NULL, &tu_tr_cbs, &t2);
-    ck_assert_ptr_nonnull(c1);
-    ck_assert_ptr_nonnull(c2);
+    int b1, b2;
+    rx_conn *c1 = tu_conn_pair(loop, false, NULL, &tu_tr_cbs, &t1, &b1);
+    rx_conn *c2 = tu_conn_pair(loop, false, NULL, &tu_tr_cbs, &t2, &b2);
     /* On write. */
-    tu_inject_io(a1);
+    tu_inject_io(rx_conn_fd(c1));
     tu_io.fail_errno = ECONNRESET;
     int rc = rx_conn_send(c1, "hello", 5);
     ck_assert_int_eq(rc, -ECONNRESET);
-    ck_assert_int_eq(t1.closes, 0); /* on_close comes from the loop */
-    rx_loop_run_once(loop, 0);
-    ck_assert_int_eq(t1.closes, 1);
-    ck_assert_int_eq(t1.reason, RX_CLOSE_RESET);
+    tu_tr_assert_closes_next(loop, &t1, RX_CLOSE_RESET);
     ck_assert_int_eq(t1.err, -ECONNRESET);
     /* On read. */
-    tu_io.fd = a2;
+    tu_io.fd = rx_conn_fd(c2);
     tu_peer_write_all(loop, b2, "x", 1);
     ck_assert(tu_run_until_fn(loop, tu_tr_closed, &t2, 2000, 5));
     rx_sys_reset();
@@ -466,11 +449,7 @@ START_TEST(test_injected_reset) {
     ck_assert_int_eq(t2.datas, 0);
     close(b1);
     close(b2);
-    rx_loop_free(loop);
-    ck_assert_int_eq(t1.closes, 1);
-    ck_assert_int_eq(t2.closes, 1);
-    tu_tr_free(&t1);
-    tu_tr_free(&t2);
+    tu_free_loop_closing(loop, &t1, &t2, NULL);
 }
 END_TEST
 
@@ -612,9 +591,7 @@ START_TEST(test_item18_output_appended_to_other_conn_goes_out) {
     ck_assert_uint_eq(rx_conn_queued(relay_to), 0);
     close(b1);
     close(b2);
-    rx_loop_free(loop);
-    ck_assert_int_eq(t.closes, 1);
-    tu_tr_free(&t);
+    tu_free_loop_closing(loop, &t, NULL);
 }
 END_TEST
 

@@ -53,6 +53,51 @@ static bool full_backlog(int *lfd, int *filler, int *port) {
     return hangs;
 }
 
+/* A full_backlog listener and its address ("127.0.0.1:<port>"). */
+struct hang {
+    int lfd, filler;
+    char addr[64];
+};
+
+/* Makes h; returns whether connects to it hang here. */
+static bool hang_start(struct hang *h) {
+    int port;
+    bool hangs = full_backlog(&h->lfd, &h->filler, &port);
+    tu_addr(h->addr, sizeof(h->addr), port);
+    return hangs;
+}
+
+static void hang_end(struct hang *h) {
+    close(h->filler);
+    close(h->lfd);
+}
+
+/* hang_start for a test that needs the connects to hang: where they do not, it says that test is
+ * skipped, ends h and returns false. */
+static bool hang_or_skip(struct hang *h, const char *test) {
+    if (hang_start(h))
+        return true;
+    fprintf(stderr, "%s: connects to a full backlog complete here, skipped\n", test);
+    hang_end(h);
+    return false;
+}
+
+/* An echo server (echo_server) on 127.0.0.1:0; addr (64 bytes) receives its address. */
+static rx_server *echo_server_at(rx_loop *loop, char *addr) {
+    rx_server *s = echo_server(loop, NULL);
+    tu_addr(addr, 64, tu_server_port(s));
+    return s;
+}
+
+/* A client: rx_connect (checked) with the options o, reporting to k through c_cbs. */
+static rx_conn *client(rx_loop *loop, rx_connect_opts o, tu_tr *k) {
+    o.cbs = &c_cbs;
+    o.arg = k;
+    rx_conn *c = rx_connect(loop, &o);
+    ck_assert_ptr_nonnull(c);
+    return c;
+}
+
 /* ---- success ---- */
 
 START_TEST(test_connect_ok) {
@@ -63,9 +108,7 @@ START_TEST(test_connect_ok) {
     int port = tu_server_port(s);
     tu_addr(addr, sizeof(addr), port);
     tu_tr k = {0};
-    rx_connect_opts o = {.addr = addr, .timeout_ms = 2000, .cbs = &c_cbs, .arg = &k};
-    rx_conn *c = rx_connect(loop, &o);
-    ck_assert_ptr_nonnull(c);
+    rx_conn *c = client(loop, (rx_connect_opts){.addr = addr, .timeout_ms = 2000}, &k);
     ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
     ck_assert_int_eq(k.opens, 0); /* never from inside rx_connect */
     ck_assert(tu_run_until_fn(loop, tu_tr_opened, &k, 2000, 5));
@@ -87,8 +130,7 @@ START_TEST(test_connect_ok) {
     ck_assert_uint_eq(rx_conn_bytes_out(c), 4);
     ck_assert_uint_eq(rx_conn_bytes_in(c), 4);
     rx_conn_close(c);
-    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
-    ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
+    tu_tr_wait_close(loop, &k, 2000, RX_CLOSE_LOCAL);
     ck_assert_int_eq(k.late, 0);
     rx_buffer_free(&k.in);
     rx_buffer_free(&E.in);
@@ -125,15 +167,12 @@ END_TEST
 
 START_TEST(test_bind_local_address) {
     rx_loop *loop = rx_loop_new();
-    rx_server *s = echo_server(loop, NULL);
     char addr[64], bind[64];
-    tu_addr(addr, sizeof(addr), tu_server_port(s));
+    rx_server *s = echo_server_at(loop, addr);
     int lport = tu_free_port();
     tu_addr(bind, sizeof(bind), lport);
     tu_tr k = {0};
-    rx_connect_opts o = {.addr = addr, .bind = bind, .cbs = &c_cbs, .arg = &k};
-    rx_conn *c = rx_connect(loop, &o);
-    ck_assert_ptr_nonnull(c);
+    rx_conn *c = client(loop, (rx_connect_opts){.addr = addr, .bind = bind}, &k);
     ck_assert(tu_run_until_fn(loop, tu_tr_opened, &k, 2000, 5));
     ck_assert_int_eq(k.opens, 1);
     rx_addr local;
@@ -141,9 +180,7 @@ START_TEST(test_bind_local_address) {
     ck_assert_int_eq(rx_addr_port(&local), lport);
     /* And port 0: the kernel picks one. */
     tu_tr k2 = {0};
-    rx_connect_opts o2 = {.addr = addr, .bind = "127.0.0.1:0", .cbs = &c_cbs, .arg = &k2};
-    rx_conn *c2 = rx_connect(loop, &o2);
-    ck_assert_ptr_nonnull(c2);
+    rx_conn *c2 = client(loop, (rx_connect_opts){.addr = addr, .bind = "127.0.0.1:0"}, &k2);
     ck_assert(tu_run_until_fn(loop, tu_tr_opened, &k2, 2000, 5));
     ck_assert_int_eq(k2.opens, 1);
     ck_assert_int_eq(rx_conn_local_addr(c2, &local), 0);
@@ -163,9 +200,7 @@ START_TEST(test_refused) {
     char addr[64];
     tu_addr(addr, sizeof(addr), tu_free_port());
     tu_tr k = {0};
-    rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
-    rx_conn *c = rx_connect(loop, &o);
-    ck_assert_ptr_nonnull(c);
+    rx_conn *c = client(loop, (rx_connect_opts){.addr = addr}, &k);
     ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
     ck_assert_int_eq(k.closes, 0); /* reported from the loop, not from rx_connect */
     ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
@@ -173,8 +208,7 @@ START_TEST(test_refused) {
     ck_assert_int_eq(k.opens, 0);
     ck_assert_int_eq(k.reason, RX_CLOSE_ERROR);
     ck_assert_int_eq(k.err, -ECONNREFUSED);
-    tu_run_for(loop, 30);
-    ck_assert_int_eq(k.closes, 1);
+    tu_tr_assert_closed_once(loop, &k, 30);
     rx_loop_free(loop);
 }
 END_TEST
@@ -185,15 +219,9 @@ START_TEST(test_retries_exhausted_backoff) {
     tu_addr(addr, sizeof(addr), tu_free_port());
     tu_tr k = {0};
     /* Waits of 30, 60 and 60 (capped) ms between the four attempts. */
-    rx_connect_opts o = {.addr = addr,
-                         .retries = 3,
-                         .backoff_ms = 30,
-                         .backoff_max_ms = 60,
-                         .cbs = &c_cbs,
-                         .arg = &k};
+    rx_connect_opts o = {.addr = addr, .retries = 3, .backoff_ms = 30, .backoff_max_ms = 60};
     unsigned long long t0 = rx_loop_now_ms(loop); /* timers count from the cached time */
-    rx_conn *c = rx_connect(loop, &o);
-    ck_assert_ptr_nonnull(c);
+    client(loop, o, &k);
     ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 3000, 2));
     unsigned long long ms = k.close_ms - t0;
     ck_assert_int_eq(k.reason, RX_CLOSE_ERROR);
@@ -210,11 +238,9 @@ START_TEST(test_retry_until_server_appears) {
     char addr[64];
     tu_addr(addr, sizeof(addr), port);
     tu_tr k = {0};
-    rx_connect_opts o = {
-        .addr = addr, .timeout_ms = 1000, .retries = 5, .backoff_ms = 20, .cbs = &c_cbs, .arg = &k};
+    rx_connect_opts o = {.addr = addr, .timeout_ms = 1000, .retries = 5, .backoff_ms = 20};
     unsigned long long t0 = tu_now_ms();
-    rx_conn *c = rx_connect(loop, &o);
-    ck_assert_ptr_nonnull(c);
+    rx_conn *c = client(loop, o, &k);
     /* Sent while connecting: queued, and delivered exactly once after the retries. */
     ck_assert_int_eq(rx_conn_send(c, "early bird", 10), 0);
     ck_assert_uint_eq(rx_conn_queued(c), 10);
@@ -241,8 +267,7 @@ START_TEST(test_retry_until_server_appears) {
     ck_assert_uint_eq(rx_buffer_len(&k.in), 10);
     ck_assert_int_eq(E.opens, 1);
     rx_conn_close(c);
-    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
-    ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
+    tu_tr_wait_close(loop, &k, 2000, RX_CLOSE_LOCAL);
     rx_buffer_free(&k.in);
     rx_buffer_free(&E.in);
     rx_server_free(s);
@@ -251,25 +276,17 @@ START_TEST(test_retry_until_server_appears) {
 END_TEST
 
 START_TEST(test_connect_timeout) {
-    int lfd, filler, port;
-    if (!full_backlog(&lfd, &filler, &port)) {
-        fprintf(stderr,
-                "test_connect_timeout: connects to a full backlog complete here, skipped\n");
-        close(lfd);
-        close(filler);
+    struct hang h;
+    if (!hang_or_skip(&h, "test_connect_timeout"))
         return;
-    }
     rx_loop *loop = rx_loop_new();
-    char addr[64];
-    tu_addr(addr, sizeof(addr), port);
     tu_tr k = {0}, k2 = {0};
-    rx_connect_opts o = {.addr = addr, .timeout_ms = 100, .cbs = &c_cbs, .arg = &k};
+    rx_connect_opts o = {.addr = h.addr, .timeout_ms = 100};
     /* With one retry: two attempts of 100 ms and a 50 ms wait between them. */
-    rx_connect_opts o2 = {
-        .addr = addr, .timeout_ms = 100, .retries = 1, .backoff_ms = 50, .cbs = &c_cbs, .arg = &k2};
+    rx_connect_opts o2 = {.addr = h.addr, .timeout_ms = 100, .retries = 1, .backoff_ms = 50};
     unsigned long long t0 = rx_loop_now_ms(loop); /* timers count from the cached time */
-    ck_assert_ptr_nonnull(rx_connect(loop, &o));
-    ck_assert_ptr_nonnull(rx_connect(loop, &o2));
+    client(loop, o, &k);
+    client(loop, o2, &k2);
     ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 2));
     ck_assert_int_eq(k.reason, RX_CLOSE_TIMEOUT);
     ck_assert_int_eq(k.err, -ETIMEDOUT);
@@ -282,8 +299,7 @@ START_TEST(test_connect_timeout) {
     ck_assert_uint_ge(k2.close_ms - t0, 245);
     ck_assert_uint_lt(k2.close_ms - t0, 1500);
     rx_loop_free(loop);
-    close(filler);
-    close(lfd);
+    hang_end(&h);
 }
 END_TEST
 
@@ -291,13 +307,10 @@ END_TEST
 
 START_TEST(test_data_while_connecting) {
     rx_loop *loop = rx_loop_new();
-    rx_server *s = echo_server(loop, NULL);
     char addr[64];
-    tu_addr(addr, sizeof(addr), tu_server_port(s));
+    rx_server *s = echo_server_at(loop, addr);
     tu_tr k = {0};
-    rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
-    rx_conn *c = rx_connect(loop, &o);
-    ck_assert_ptr_nonnull(c);
+    rx_conn *c = client(loop, (rx_connect_opts){.addr = addr}, &k);
     /* Several pieces of several kinds, all queued before the connect completes. */
     const size_t big = 3 * 1024 * 1024;
     char *payload = malloc(big);
@@ -343,13 +356,10 @@ END_TEST
 START_TEST(test_shutdown_while_connecting) {
     for (int with_data = 1; with_data >= 0; with_data--) {
         rx_loop *loop = rx_loop_new();
-        rx_server *s = echo_server(loop, NULL);
         char addr[64];
-        tu_addr(addr, sizeof(addr), tu_server_port(s));
+        rx_server *s = echo_server_at(loop, addr);
         tu_tr k = {0};
-        rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
-        rx_conn *c = rx_connect(loop, &o);
-        ck_assert_ptr_nonnull(c);
+        rx_conn *c = client(loop, (rx_connect_opts){.addr = addr}, &k);
         if (with_data)
             ck_assert_int_eq(rx_conn_send(c, "last words", 10), 0);
         rx_conn_shutdown(c);
@@ -373,20 +383,13 @@ END_TEST
 /* ---- cancelling ---- */
 
 START_TEST(test_close_while_connecting) {
-    int lfd, filler, port;
-    bool hangs = full_backlog(&lfd, &filler, &port);
+    struct hang h;
+    bool hangs = hang_start(&h);
     rx_loop *loop = rx_loop_new();
-    char addr[64];
-    tu_addr(addr, sizeof(addr), port);
     for (int mode = 0; mode < 2; mode++) {
         tu_tr k = {0};
-        rx_connect_opts o = {.addr = addr,
-                             .timeout_ms = 5000,
-                             .cbs = &c_cbs,
-                             .arg = &k,
-                             .conn = {.close_timeout_ms = 100}};
-        rx_conn *c = rx_connect(loop, &o);
-        ck_assert_ptr_nonnull(c);
+        rx_connect_opts o = {.addr = h.addr, .timeout_ms = 5000, .conn = {.close_timeout_ms = 100}};
+        rx_conn *c = client(loop, o, &k);
         if (mode == 0)
             ck_assert_int_eq(rx_conn_send(c, "queued", 6), 0);
         tu_run_for(loop, 20);
@@ -401,15 +404,12 @@ START_TEST(test_close_while_connecting) {
         rx_conn_close(c);
         ck_assert_int_eq(rx_conn_get_state(c), mode == 0 ? RX_CONN_CLOSING : RX_CONN_CLOSED);
         ck_assert_int_eq(k.closes, 0); /* from the loop, never inside the call */
-        ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
-        ck_assert_int_eq(k.reason, mode == 0 ? RX_CLOSE_TIMEOUT : RX_CLOSE_LOCAL);
-        tu_run_for(loop, 30);
-        ck_assert_int_eq(k.closes, 1);
+        tu_tr_wait_close(loop, &k, 2000, mode == 0 ? RX_CLOSE_TIMEOUT : RX_CLOSE_LOCAL);
+        tu_tr_assert_closed_once(loop, &k, 30);
         ck_assert_int_eq(k.opens, 0);
     }
     rx_loop_free(loop);
-    close(filler);
-    close(lfd);
+    hang_end(&h);
 }
 END_TEST
 
@@ -421,31 +421,21 @@ static void cancel_cb(rx_timer *t, void *arg) {
 }
 
 START_TEST(test_close_while_connecting_in_callback) {
-    int lfd, filler, port;
-    bool hangs = full_backlog(&lfd, &filler, &port);
-    if (!hangs) {
-        fprintf(stderr, "test_close_while_connecting_in_callback: no hanging connect, skipped\n");
-        close(lfd);
-        close(filler);
+    struct hang h;
+    if (!hang_or_skip(&h, "test_close_while_connecting_in_callback"))
         return;
-    }
     rx_loop *loop = rx_loop_new();
-    char addr[64];
-    tu_addr(addr, sizeof(addr), port);
     tu_tr k = {0};
-    rx_connect_opts o = {.addr = addr, .timeout_ms = 5000, .cbs = &c_cbs, .arg = &k};
+    rx_connect_opts o = {.addr = h.addr, .timeout_ms = 5000, .cbs = &c_cbs, .arg = &k};
     rx_conn *c = rx_connect(loop, &o);
     rx_timer *t = rx_timer_new(loop, cancel_cb, c);
     rx_timer_start(t, 30, 0);
-    ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
-    ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
+    tu_tr_wait_close(loop, &k, 2000, RX_CLOSE_LOCAL);
     ck_assert_int_eq(k.opens, 0);
-    tu_run_for(loop, 30);
-    ck_assert_int_eq(k.closes, 1);
+    tu_tr_assert_closed_once(loop, &k, 30);
     rx_timer_free(t);
     rx_loop_free(loop);
-    close(filler);
-    close(lfd);
+    hang_end(&h);
 }
 END_TEST
 
@@ -454,19 +444,13 @@ START_TEST(test_close_during_backoff) {
     char addr[64];
     tu_addr(addr, sizeof(addr), tu_free_port());
     tu_tr k = {0};
-    rx_connect_opts o = {.addr = addr, .retries = 5, .backoff_ms = 100, .cbs = &c_cbs, .arg = &k};
-    rx_conn *c = rx_connect(loop, &o);
-    ck_assert_ptr_nonnull(c);
+    rx_conn *c = client(loop, (rx_connect_opts){.addr = addr, .retries = 5, .backoff_ms = 100}, &k);
     tu_run_for(loop, 40); /* the first attempt failed; waiting for the retry */
     ck_assert_int_eq(k.closes, 0);
     ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
     rx_conn_close(c);
-    ck_assert_int_eq(k.closes, 0);
-    rx_loop_run_once(loop, 0);
-    ck_assert_int_eq(k.closes, 1);
-    ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
-    tu_run_for(loop, 300); /* the retry timer is gone with it */
-    ck_assert_int_eq(k.closes, 1);
+    tu_tr_assert_closes_next(loop, &k, RX_CLOSE_LOCAL);
+    tu_tr_assert_closed_once(loop, &k, 300); /* the retry timer is gone with it */
     ck_assert_int_eq(k.opens, 0);
     rx_loop_free(loop);
 }
@@ -474,16 +458,11 @@ END_TEST
 
 START_TEST(test_close_in_on_open) {
     rx_loop *loop = rx_loop_new();
-    rx_server *s = echo_server(loop, NULL);
     char addr[64];
-    tu_addr(addr, sizeof(addr), tu_server_port(s));
+    rx_server *s = echo_server_at(loop, addr);
     tu_tr k = {.close_in_open = true}, k2 = {.abort_in_open = true};
-    rx_connect_opts o = {.addr = addr, .cbs = &c_cbs, .arg = &k};
-    rx_connect_opts o2 = {.addr = addr, .cbs = &c_cbs, .arg = &k2};
-    rx_conn *c = rx_connect(loop, &o);
-    rx_conn *c2 = rx_connect(loop, &o2);
-    ck_assert_ptr_nonnull(c);
-    ck_assert_ptr_nonnull(c2);
+    rx_conn *c = client(loop, (rx_connect_opts){.addr = addr}, &k);
+    client(loop, (rx_connect_opts){.addr = addr}, &k2);
     ck_assert_int_eq(rx_conn_send(c, "queued", 6), 0);
     ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
     ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k2, 2000, 5));
@@ -505,18 +484,14 @@ START_TEST(test_close_in_on_open) {
 END_TEST
 
 START_TEST(test_loop_free_while_connecting) {
-    int lfd, filler, port;
-    bool hangs = full_backlog(&lfd, &filler, &port);
+    struct hang h;
+    bool hangs = hang_start(&h);
     rx_loop *loop = rx_loop_new();
-    char addr[64], refused[64];
-    tu_addr(addr, sizeof(addr), port);
+    char refused[64];
     tu_addr(refused, sizeof(refused), tu_free_port());
     tu_tr k = {0}, k2 = {0};
-    rx_connect_opts o = {.addr = addr, .timeout_ms = 5000, .cbs = &c_cbs, .arg = &k};
-    rx_connect_opts o2 = {
-        .addr = refused, .retries = 3, .backoff_ms = 1000, .cbs = &c_cbs, .arg = &k2};
-    ck_assert_ptr_nonnull(rx_connect(loop, &o));
-    ck_assert_ptr_nonnull(rx_connect(loop, &o2));
+    client(loop, (rx_connect_opts){.addr = h.addr, .timeout_ms = 5000}, &k);
+    client(loop, (rx_connect_opts){.addr = refused, .retries = 3, .backoff_ms = 1000}, &k2);
     tu_run_for(loop, 30);
     if (hangs)
         ck_assert_int_eq(k.closes, 0);
@@ -527,8 +502,7 @@ START_TEST(test_loop_free_while_connecting) {
     ck_assert_int_eq(k2.reason, RX_CLOSE_LOCAL);
     if (hangs)
         ck_assert_int_eq(k.reason, RX_CLOSE_LOCAL);
-    close(filler);
-    close(lfd);
+    hang_end(&h);
 }
 END_TEST
 
@@ -543,9 +517,7 @@ START_TEST(test_item20_send_then_close_while_connecting) {
     char addr[64];
     tu_addr(addr, sizeof(addr), port);
     tu_tr k = {0};
-    rx_connect_opts o = {.addr = addr, .timeout_ms = 2000, .cbs = &c_cbs, .arg = &k};
-    rx_conn *c = rx_connect(loop, &o);
-    ck_assert_ptr_nonnull(c);
+    rx_conn *c = client(loop, (rx_connect_opts){.addr = addr, .timeout_ms = 2000}, &k);
     ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
     const size_t n = 100 * 1024;
     ck_assert_int_eq(tu_send_pattern(c, 0, n), 0);
@@ -588,14 +560,8 @@ START_TEST(test_item6_retry_under_enomem_never_hangs) {
     char addr[64];
     tu_addr(addr, sizeof(addr), tu_free_port());
     tu_tr k = {0};
-    rx_connect_opts o = {.addr = addr,
-                         .timeout_ms = _i ? 1000 : 0,
-                         .retries = 2,
-                         .backoff_ms = 20,
-                         .cbs = &c_cbs,
-                         .arg = &k};
-    rx_conn *c = rx_connect(loop, &o);
-    ck_assert_ptr_nonnull(c);
+    rx_connect_opts o = {.addr = addr, .timeout_ms = _i ? 1000 : 0, .retries = 2, .backoff_ms = 20};
+    rx_conn *c = client(loop, o, &k);
     /* The refusal is seen by the loop from here on: every allocation fails from then. */
     tu_fail_allocs();
     unsigned long long deadline = tu_now_ms() + 2000;

@@ -150,6 +150,77 @@ static rx_listener *listen_ok(rx_loop *loop, const char *addr, const rx_listener
     return l;
 }
 
+/* A new loop (*loop) with a listener on 127.0.0.1:0 that hands its connections to a. */
+static rx_listener *loop_listening(rx_loop **loop, const rx_listener_opts *o, struct acc *a) {
+    *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(*loop);
+    return listen_ok(*loop, "127.0.0.1:0", o, a);
+}
+
+/* The end of such a test, once it closed its clients: the accepted fds, the listener, the loop. */
+static void listener_done(rx_loop *loop, rx_listener *l, struct acc *a) {
+    acc_close_all(a);
+    rx_listener_free(l);
+    rx_loop_free(loop);
+}
+
+/* A listener backing off: the accept4 for its first client failed. */
+struct backoff {
+    rx_loop *loop;
+    rx_listener *l;
+    struct acc a;
+    int c;                 /* the client */
+    unsigned long long t0; /* just before the wake-up whose accept4 failed */
+};
+
+/* A new loop and listener (retry_ms) and a client whose accept4 fails with err: one wake-up makes
+ * just that call, and the listener backs off. */
+static void backing_off(struct backoff *b, int retry_ms, int err) {
+    rx_listener_opts o = {.retry_ms = retry_ms};
+    b->l = loop_listening(&b->loop, &o, &b->a);
+    b->c = connect_to(rx_listener_addr(b->l));
+    inject(&err, 1);
+    b->t0 = tu_now_ms();
+    ck_assert_int_eq(rx_loop_run_once(b->loop, 1000), 1);
+    ck_assert_int_eq(accept_calls, 1);
+}
+
+/* Two clients (to c); then, accept4 failing as errs say, one wake-up in which on_shed runs once,
+ * after two accept4 calls (the failure, the shed connection): it frees or pauses the listener, so
+ * the batch stops there. */
+static void shed_two(rx_loop *loop, rx_listener *l, const struct acc *a, const int *errs, int n,
+                     int c[2]) {
+    c[0] = connect_to(rx_listener_addr(l));
+    c[1] = connect_to(rx_listener_addr(l));
+    inject(errs, n);
+    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
+    ck_assert_int_eq(a->sheds, 1);
+    ck_assert_int_eq(accept_calls, 2);
+}
+
+/* A second client whose accept4 fails with err too, then pause() for ms: no event at all
+ * meanwhile, so the end of the back-off does not resume the paused listener. Returns the client. */
+static int fail_and_pause(struct backoff *b, int err, int ms) {
+    inject(&err, 1);
+    int c = connect_to(rx_listener_addr(b->l));
+    ck_assert_int_eq(rx_loop_run_once(b->loop, 1000), 1);
+    rx_listener_pause(b->l);
+    unsigned long long end = tu_now_ms() + (unsigned long long)ms;
+    while (tu_now_ms() < end)
+        ck_assert_int_eq(rx_loop_run_once(b->loop, 20), 0);
+    return c;
+}
+
+/* resume() after fail_and_pause: the second client (c2) is accepted; then the end of the test. */
+static void resume_and_finish(struct backoff *b, int c2) {
+    rx_listener_resume(b->l);
+    run_until(b->loop, &b->a, 2, 2000);
+    rx_sys_reset();
+    close(b->c);
+    close(c2);
+    listener_done(b->loop, b->l, &b->a);
+}
+
 /* ---- rx_addr ---- */
 
 static void roundtrip(const char *in, const char *want) {
@@ -324,10 +395,9 @@ END_TEST
 /* ---- listener basics ---- */
 
 START_TEST(test_listen_ephemeral) {
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {0};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", NULL, &a);
+    rx_listener *l = loop_listening(&loop, NULL, &a);
     const rx_addr *bound = rx_listener_addr(l);
     ck_assert_int_eq(bound->u.sa.sa_family, AF_INET);
     ck_assert_int_gt(rx_addr_port(bound), 0);
@@ -360,9 +430,7 @@ START_TEST(test_listen_ephemeral) {
     ck_assert_int_eq(memcmp(rb, "hi", 2), 0);
 
     close(c);
-    acc_close_all(&a);
-    rx_listener_free(l);
-    rx_loop_free(loop);
+    listener_done(loop, l, &a);
 }
 END_TEST
 
@@ -393,10 +461,9 @@ START_TEST(test_bad_arguments) {
 END_TEST
 
 START_TEST(test_eaddrinuse) {
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {0}, b = {0};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", NULL, &a);
+    rx_listener *l = loop_listening(&loop, NULL, &a);
     char addr[RX_ADDR_STRLEN];
     ck_assert_int_gt(rx_addr_format(rx_listener_addr(l), addr, sizeof(addr)), 0);
     int fds = count_fds();
@@ -419,11 +486,10 @@ START_TEST(test_eaddrinuse) {
 END_TEST
 
 START_TEST(test_reuseport) {
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {0}, b = {0};
     rx_listener_opts o = {.reuseport = true};
-    rx_listener *l1 = listen_ok(loop, "127.0.0.1:0", &o, &a);
+    rx_listener *l1 = loop_listening(&loop, &o, &a);
     char addr[RX_ADDR_STRLEN];
     ck_assert_int_gt(rx_addr_format(rx_listener_addr(l1), addr, sizeof(addr)), 0);
     rx_listener *l2 = listen_ok(loop, addr, &o, &b);
@@ -479,9 +545,7 @@ START_TEST(test_ipv6) {
     ck_assert_int_eq(a.peer.u.sa.sa_family, AF_INET6);
     ck_assert(IN6_IS_ADDR_LOOPBACK(&a.peer.u.in6.sin6_addr));
     close(c);
-    acc_close_all(&a);
-    rx_listener_free(l);
-    rx_loop_free(loop);
+    listener_done(loop, l, &a);
 }
 END_TEST
 
@@ -557,11 +621,10 @@ END_TEST
 /* ---- batches, pause/resume, lifetime ---- */
 
 START_TEST(test_accept_batch) {
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {0};
     rx_listener_opts o = {.accept_batch = 10};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", &o, &a);
+    rx_listener *l = loop_listening(&loop, &o, &a);
     enum { N = 100 };
     int c[N];
     for (int i = 0; i < N; i++)
@@ -581,17 +644,14 @@ START_TEST(test_accept_batch) {
     ck_assert_int_eq(rx_loop_run_once(loop, 0), 0); /* backlog empty */
     for (int i = 0; i < N; i++)
         close(c[i]);
-    acc_close_all(&a);
-    rx_listener_free(l);
-    rx_loop_free(loop);
+    listener_done(loop, l, &a);
 }
 END_TEST
 
 START_TEST(test_pause_resume) {
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {0};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", NULL, &a);
+    rx_listener *l = loop_listening(&loop, NULL, &a);
     rx_listener_resume(l); /* not paused: no-op */
     rx_listener_pause(l);
     rx_listener_pause(l);
@@ -618,17 +678,14 @@ START_TEST(test_pause_resume) {
     close(c1);
     close(c2);
     close(c3);
-    acc_close_all(&a);
-    rx_listener_free(l);
-    rx_loop_free(loop);
+    listener_done(loop, l, &a);
 }
 END_TEST
 
 START_TEST(test_free_in_callback) {
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {.free_in_cb = true};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", NULL, &a);
+    rx_listener *l = loop_listening(&loop, NULL, &a);
     rx_addr bound = *rx_listener_addr(l);
     int c[3];
     for (int i = 0; i < 3; i++)
@@ -713,10 +770,9 @@ END_TEST
 /* ---- accept errors (injected) ---- */
 
 START_TEST(test_accept_skips_transient_errors) {
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {0};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", NULL, &a);
+    rx_listener *l = loop_listening(&loop, NULL, &a);
     int c = connect_to(rx_listener_addr(l));
     static const int errs[] = {ECONNABORTED, EINTR, EPROTO};
     inject(errs, 3);
@@ -726,111 +782,62 @@ START_TEST(test_accept_skips_transient_errors) {
     ck_assert_int_eq(accept_calls, 5); /* 3 errors, the connection, EAGAIN */
     rx_sys_reset();
     close(c);
-    acc_close_all(&a);
-    rx_listener_free(l);
-    rx_loop_free(loop);
+    listener_done(loop, l, &a);
 }
 END_TEST
 
 START_TEST(test_accept_enomem_retry) {
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
-    struct acc a = {0};
-    rx_listener_opts o = {.retry_ms = 50};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", &o, &a);
-    int c = connect_to(rx_listener_addr(l));
-    static const int enomem[] = {ENOMEM};
-    inject(enomem, 1);
-    unsigned long long t0 = tu_now_ms();
-    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
-    ck_assert_int_eq(accept_calls, 1);
-    ck_assert_int_eq(a.n, 0);
+    struct backoff b = {0};
+    backing_off(&b, 50, ENOMEM);
+    ck_assert_int_eq(b.a.n, 0);
     /* Paused: the pending connection raises no event until the retry timer resumes. */
-    ck_assert_int_eq(rx_loop_run_once(loop, 10), 0);
+    ck_assert_int_eq(rx_loop_run_once(b.loop, 10), 0);
     ck_assert_int_eq(accept_calls, 1);
-    run_until(loop, &a, 1, 2000);
-    ck_assert_uint_ge(tu_now_ms() - t0, 40);
+    run_until(b.loop, &b.a, 1, 2000);
+    ck_assert_uint_ge(tu_now_ms() - b.t0, 40);
     ck_assert_int_eq(accept_calls, 3); /* ENOMEM, the connection, EAGAIN */
-    ck_assert_uint_eq(rx_listener_accepted(l), 1);
-    ck_assert_uint_eq(rx_listener_shed(l), 0);
+    ck_assert_uint_eq(rx_listener_accepted(b.l), 1);
+    ck_assert_uint_eq(rx_listener_shed(b.l), 0);
 
     /* pause() during the back-off: nothing is accepted until resume(), even after the retry timer
      * has fired meanwhile; resume() after the back-off ended accepts at once. */
-    inject(enomem, 1);
-    int c2 = connect_to(rx_listener_addr(l));
-    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
-    rx_listener_pause(l);
-    unsigned long long end = tu_now_ms() + 150;
-    while (tu_now_ms() < end)
-        ck_assert_int_eq(rx_loop_run_once(loop, 20), 0);
-    ck_assert_int_eq(a.n, 1);
-    rx_listener_resume(l);
-    run_until(loop, &a, 2, 2000);
-
-    rx_sys_reset();
-    close(c);
-    close(c2);
-    acc_close_all(&a);
-    rx_listener_free(l);
-    rx_loop_free(loop);
+    int c2 = fail_and_pause(&b, ENOMEM, 150);
+    ck_assert_int_eq(b.a.n, 1);
+    resume_and_finish(&b, c2);
 }
 END_TEST
 
 START_TEST(test_pause_resume_keeps_backoff) {
     /* Pause and back-off are independent: pause + resume during an error back-off does not cut it
      * short, and the retry timer resumes accepting by itself afterwards. */
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
-    struct acc a = {0};
-    rx_listener_opts o = {.retry_ms = 200};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", &o, &a);
-    int c = connect_to(rx_listener_addr(l));
-    static const int enobufs[] = {ENOBUFS};
-    inject(enobufs, 1);
-    unsigned long long t0 = tu_now_ms();
-    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
-    ck_assert_int_eq(accept_calls, 1);
-    rx_listener_pause(l);
-    rx_listener_resume(l);
+    struct backoff b = {0};
+    backing_off(&b, 200, ENOBUFS);
+    rx_listener_pause(b.l);
+    rx_listener_resume(b.l);
     /* Well inside the back-off: no accept4 at all. */
-    while (tu_now_ms() - t0 < 120)
-        ck_assert_int_ge(rx_loop_run_once(loop, 10), 0);
+    while (tu_now_ms() - b.t0 < 120)
+        ck_assert_int_ge(rx_loop_run_once(b.loop, 10), 0);
     ck_assert_msg(accept_calls == 1, "accept4 called %d times during the back-off", accept_calls);
-    ck_assert_int_eq(a.n, 0);
+    ck_assert_int_eq(b.a.n, 0);
     /* Paused and resumed twice more: still nothing early, and no second timer. */
-    rx_listener_pause(l);
-    rx_listener_resume(l);
-    rx_listener_resume(l);
-    run_until(loop, &a, 1, 2000);
-    ck_assert_uint_ge(tu_now_ms() - t0, 190);
+    rx_listener_pause(b.l);
+    rx_listener_resume(b.l);
+    rx_listener_resume(b.l);
+    run_until(b.loop, &b.a, 1, 2000);
+    ck_assert_uint_ge(tu_now_ms() - b.t0, 190);
     ck_assert_int_eq(accept_calls, 3); /* ENOBUFS, the connection, EAGAIN */
 
     /* Still paused when the back-off ends: the timer does not resume a paused listener. */
-    inject(enobufs, 1);
-    int c2 = connect_to(rx_listener_addr(l));
-    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
-    rx_listener_pause(l);
-    unsigned long long end = tu_now_ms() + 300;
-    while (tu_now_ms() < end)
-        ck_assert_int_eq(rx_loop_run_once(loop, 20), 0);
+    int c2 = fail_and_pause(&b, ENOBUFS, 300);
     ck_assert_int_eq(accept_calls, 1);
-    rx_listener_resume(l);
-    run_until(loop, &a, 2, 2000);
-
-    rx_sys_reset();
-    close(c);
-    close(c2);
-    acc_close_all(&a);
-    rx_listener_free(l);
-    rx_loop_free(loop);
+    resume_and_finish(&b, c2);
 }
 END_TEST
 
 START_TEST(test_emfile_sheds_with_spare) {
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {0};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", NULL, &a);
+    rx_listener *l = loop_listening(&loop, NULL, &a);
     int c1 = connect_to(rx_listener_addr(l));
     int c2 = connect_to(rx_listener_addr(l));
     int fds = count_fds();
@@ -854,18 +861,15 @@ START_TEST(test_emfile_sheds_with_spare) {
     ck_assert_int_eq(ch, 'k');
     close(c1);
     close(c2);
-    acc_close_all(&a);
-    rx_listener_free(l);
-    rx_loop_free(loop);
+    listener_done(loop, l, &a);
 }
 END_TEST
 
 START_TEST(test_on_shed_called_per_shed) {
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {0};
     rx_listener_opts o = {.on_shed = shed_cb};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", &o, &a);
+    rx_listener *l = loop_listening(&loop, &o, &a);
     enum { N = 4 };
     int c[N];
     for (int i = 0; i < N; i++)
@@ -897,50 +901,38 @@ START_TEST(test_on_shed_called_per_shed) {
     for (int i = 0; i < N; i++)
         close(c[i]);
     close(c5);
-    acc_close_all(&a);
-    rx_listener_free(l);
-    rx_loop_free(loop);
+    listener_done(loop, l, &a);
 }
 END_TEST
 
 START_TEST(test_on_shed_free_in_callback) {
     /* on_shed may free the listener: the accept loop stops and nothing leaks. */
     int fds = count_fds();
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {.free_in_shed = true};
     rx_listener_opts o = {.on_shed = shed_cb};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", &o, &a);
-    int c1 = connect_to(rx_listener_addr(l));
-    int c2 = connect_to(rx_listener_addr(l));
+    rx_listener *l = loop_listening(&loop, &o, &a);
+    int c[2];
     static const int emfile[] = {EMFILE, 0, EMFILE};
-    inject(emfile, 3);
-    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
-    ck_assert_int_eq(a.sheds, 1);
-    ck_assert_int_eq(accept_calls, 2); /* EMFILE, the shed connection; then it stopped */
+    shed_two(loop, l, &a, emfile, 3, c);
     ck_assert_int_eq(a.n, 0);
     rx_sys_reset();
     rx_loop_free(loop);
-    close(c1);
-    close(c2);
+    close(c[0]);
+    close(c[1]);
     ck_assert_int_eq(count_fds(), fds);
 }
 END_TEST
 
 START_TEST(test_on_shed_pause_in_callback) {
     /* on_shed may pause the listener: the batch stops there, and resume() carries on. */
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {.pause_in_shed = true};
     rx_listener_opts o = {.on_shed = shed_cb};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", &o, &a);
-    int c1 = connect_to(rx_listener_addr(l));
-    int c2 = connect_to(rx_listener_addr(l));
+    rx_listener *l = loop_listening(&loop, &o, &a);
+    int c[2];
     static const int emfile[] = {EMFILE, 0};
-    inject(emfile, 2);
-    ck_assert_int_eq(rx_loop_run_once(loop, 1000), 1);
-    ck_assert_int_eq(a.sheds, 1);
-    ck_assert_int_eq(accept_calls, 2);
+    shed_two(loop, l, &a, emfile, 2, c);
     for (int i = 0; i < 3; i++)
         ck_assert_int_eq(rx_loop_run_once(loop, 10), 0);
     ck_assert_int_eq(a.n, 0);
@@ -949,22 +941,19 @@ START_TEST(test_on_shed_pause_in_callback) {
     rx_listener_resume(l);
     run_until(loop, &a, 1, 2000);
     ck_assert_uint_eq(rx_listener_shed(l), 1);
-    close(c1);
-    close(c2);
-    acc_close_all(&a);
-    rx_listener_free(l);
-    rx_loop_free(loop);
+    close(c[0]);
+    close(c[1]);
+    listener_done(loop, l, &a);
 }
 END_TEST
 
 START_TEST(test_emfile_no_spin) {
     /* EMFILE that shedding cannot cure (it persists after the spare is given up): the listener
      * pauses for retry_ms each time instead of polling the pending connection in a hot loop. */
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
+    rx_loop *loop;
     struct acc a = {0};
     rx_listener_opts o = {.retry_ms = 20};
-    rx_listener *l = listen_ok(loop, "127.0.0.1:0", &o, &a);
+    rx_listener *l = loop_listening(&loop, &o, &a);
     int c = connect_to(rx_listener_addr(l));
     int fds = count_fds();
     inject(NULL, 0);
@@ -986,9 +975,7 @@ START_TEST(test_emfile_no_spin) {
     /* Once accept4 works again the pending connection gets through. */
     run_until(loop, &a, 1, 2000);
     close(c);
-    acc_close_all(&a);
-    rx_listener_free(l);
-    rx_loop_free(loop);
+    listener_done(loop, l, &a);
 }
 END_TEST
 

@@ -392,18 +392,28 @@ static void owned_drop(void *arg) {
     free(o);
 }
 
+/* Posts a task owning its argument (owned_run, or owned_drop when it is discarded). */
+static int post_owned(rx_loop *loop, int *ran, int *dropped) {
+    return rx_loop_post_drop(loop, owned_run, owned_drop, owned_new(ran, dropped));
+}
+
+/* Frees loop, which drops the tasks still queued, then checks how many ran and were dropped. */
+static void free_loop_expect(rx_loop *loop, const int *ran, int want_ran, const int *dropped,
+                             int want_dropped) {
+    rx_loop_free(loop);
+    ck_assert_int_eq(*ran, want_ran);
+    ck_assert_int_eq(*dropped, want_dropped);
+}
+
 START_TEST(test_post_drop_never_run) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
     int ran = 0, dropped = 0, plain = 0;
     for (int i = 0; i < 3; i++)
-        ck_assert_int_eq(rx_loop_post_drop(loop, owned_run, owned_drop, owned_new(&ran, &dropped)),
-                         0);
+        ck_assert_int_eq(post_owned(loop, &ran, &dropped), 0);
     ck_assert_int_eq(rx_loop_post(loop, count_task, &plain), 0); /* dropped silently */
     ck_assert_int_eq(dropped, 0);
-    rx_loop_free(loop);
-    ck_assert_int_eq(ran, 0);
-    ck_assert_int_eq(dropped, 3);
+    free_loop_expect(loop, &ran, 0, &dropped, 3);
     ck_assert_int_eq(plain, 0);
 }
 END_TEST
@@ -412,14 +422,12 @@ START_TEST(test_post_drop_after_run) {
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
     int ran = 0, dropped = 0;
-    ck_assert_int_eq(rx_loop_post_drop(loop, owned_run, owned_drop, owned_new(&ran, &dropped)), 0);
+    ck_assert_int_eq(post_owned(loop, &ran, &dropped), 0);
     ck_assert_int_ge(rx_loop_run_once(loop, 0), 0);
     ck_assert_int_eq(ran, 1);
     /* One that ran, one that did not: only the second is dropped. */
-    ck_assert_int_eq(rx_loop_post_drop(loop, owned_run, owned_drop, owned_new(&ran, &dropped)), 0);
-    rx_loop_free(loop);
-    ck_assert_int_eq(ran, 1);
-    ck_assert_int_eq(dropped, 1);
+    ck_assert_int_eq(post_owned(loop, &ran, &dropped), 0);
+    free_loop_expect(loop, &ran, 1, &dropped, 1);
 }
 END_TEST
 
@@ -432,8 +440,7 @@ struct chain {
  * dropped when the loop is freed first. */
 static void chain_run(void *arg) {
     struct chain *c = arg;
-    ck_assert_int_eq(
-        rx_loop_post_drop(c->loop, owned_run, owned_drop, owned_new(c->ran, c->dropped)), 0);
+    ck_assert_int_eq(post_owned(c->loop, c->ran, c->dropped), 0);
 }
 
 START_TEST(test_post_drop_posted_by_task) {
@@ -443,9 +450,7 @@ START_TEST(test_post_drop_posted_by_task) {
     struct chain c = {loop, &ran, &dropped};
     ck_assert_int_eq(rx_loop_post(loop, chain_run, &c), 0);
     ck_assert_int_ge(rx_loop_run_once(loop, 0), 0);
-    rx_loop_free(loop);
-    ck_assert_int_eq(ran, 0);
-    ck_assert_int_eq(dropped, 1);
+    free_loop_expect(loop, &ran, 0, &dropped, 1);
 }
 END_TEST
 
@@ -453,8 +458,7 @@ static void repost_drop(void *arg) {
     struct chain *c = arg;
     ++*c->dropped;
     /* Hands its work on by posting again while the loop is being freed: dropped in turn. */
-    ck_assert_int_eq(
-        rx_loop_post_drop(c->loop, owned_run, owned_drop, owned_new(c->ran, c->dropped)), 0);
+    ck_assert_int_eq(post_owned(c->loop, c->ran, c->dropped), 0);
 }
 
 START_TEST(test_post_drop_reposting_drop) {
@@ -463,9 +467,7 @@ START_TEST(test_post_drop_reposting_drop) {
     int ran = 0, dropped = 0;
     struct chain c = {loop, &ran, &dropped};
     ck_assert_int_eq(rx_loop_post_drop(loop, chain_run, repost_drop, &c), 0);
-    rx_loop_free(loop);
-    ck_assert_int_eq(ran, 0);
-    ck_assert_int_eq(dropped, 2);
+    free_loop_expect(loop, &ran, 0, &dropped, 2);
 }
 END_TEST
 
@@ -476,9 +478,7 @@ START_TEST(test_post_drop_errors) {
     ck_assert_int_eq(rx_loop_post_drop(loop, NULL, owned_drop, &ran), -EINVAL);
     ck_assert_int_eq(rx_loop_post(loop, NULL, &ran), -EINVAL);
     /* On -ENOMEM nothing was queued: drop is not called, the caller still owns arg. */
-    rx_sys.malloc = tu_fail_malloc;
-    rx_sys.calloc = tu_fail_calloc;
-    rx_sys.realloc = tu_fail_realloc;
+    tu_fail_allocs();
     struct owned *o = owned_new(&ran, &dropped);
     int rc = rx_loop_post_drop(loop, owned_run, owned_drop, o);
     rx_sys_reset();
@@ -488,9 +488,7 @@ START_TEST(test_post_drop_errors) {
     rx_loop_run_once(loop, 0);
     ck_assert_int_eq(ran, 1);
     ck_assert_int_eq(rx_loop_post_drop(loop, count_task, NULL, &ran), 0);
-    rx_loop_free(loop);
-    ck_assert_int_eq(ran, 1);
-    ck_assert_int_eq(dropped, 0);
+    free_loop_expect(loop, &ran, 1, &dropped, 0);
     free(o);
 }
 END_TEST

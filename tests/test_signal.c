@@ -35,13 +35,6 @@ static void run_for(rx_loop *loop, int ms) {
         ck_assert_int_ge(rx_loop_run_once(loop, 5), 0);
 }
 
-static bool run_until_count(rx_loop *loop, const int *count, int want, int max_ms) {
-    unsigned long long deadline = tu_now_ms() + (unsigned long long)max_ms;
-    while (*count < want && tu_now_ms() < deadline)
-        ck_assert_int_ge(rx_loop_run_once(loop, 10), 0);
-    return *count >= want;
-}
-
 struct rec {
     rx_signal *sig;
     int calls;
@@ -77,40 +70,67 @@ static rx_signal *watch(rx_loop *loop, int signo, struct rec *r) {
     return r->sig;
 }
 
+/* A new loop watching signo through r. */
+static rx_loop *loop_watching(int signo, struct rec *r) {
+    rx_loop *loop = rx_loop_new();
+    ck_assert_ptr_nonnull(loop);
+    watch(loop, signo, r);
+    return loop;
+}
+
+/* Two loops of this thread watching signo (unblocked first: rx must put the mask back as it found
+ * it), a through ra and b through rb: the start of the fan-out tests within one thread. */
+static void two_loops(int signo, rx_loop **a, struct rec *ra, rx_loop **b, struct rec *rb) {
+    unblock(signo);
+    *a = rx_loop_new();
+    *b = rx_loop_new();
+    ck_assert_ptr_nonnull(*a);
+    ck_assert_ptr_nonnull(*b);
+    watch(*a, signo, ra);
+    watch(*b, signo, rb);
+}
+
+/* Raises signo in this thread and runs loop until *count reaches want (1 s at most). */
+static void raise_until(rx_loop *loop, int signo, const int *count, int want) {
+    ck_assert_int_eq(raise(signo), 0);
+    ck_assert_msg(tu_run_until_count(loop, count, want, 1000), "signal %d: %d of %d calls", signo,
+                  *count, want);
+}
+
+/* Frees r's watcher, the last one of signo, so signo is unblocked again; then frees loop. */
+static void free_last(struct rec *r, int signo, rx_loop *loop) {
+    rx_signal_free(r->sig);
+    ck_assert(!is_blocked(signo));
+    rx_loop_free(loop);
+}
+
 /* ---- tests ---- */
 
 START_TEST(test_sigusr1_delivered) {
     unblock(SIGUSR1);
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
     struct rec r = {0};
-    watch(loop, SIGUSR1, &r);
+    rx_loop *loop = loop_watching(SIGUSR1, &r);
     ck_assert(is_blocked(SIGUSR1));
     ck_assert_int_eq(raise(SIGUSR1), 0);
     ck_assert_int_eq(r.calls, 0); /* only through the loop */
-    ck_assert(run_until_count(loop, &r.calls, 1, 1000));
+    ck_assert(tu_run_until_count(loop, &r.calls, 1, 1000));
     ck_assert_int_eq(r.signo, SIGUSR1);
     ck_assert_ptr_eq(r.sig_seen, r.sig);
     run_for(loop, 20);
     ck_assert_int_eq(r.calls, 1);
 
     /* Again. */
-    ck_assert_int_eq(raise(SIGUSR1), 0);
-    ck_assert(run_until_count(loop, &r.calls, 2, 1000));
+    raise_until(loop, SIGUSR1, &r.calls, 2);
     run_for(loop, 10);
     ck_assert_int_eq(r.calls, 2);
-    rx_signal_free(r.sig);
-    ck_assert(!is_blocked(SIGUSR1));
-    rx_loop_free(loop);
+    free_last(&r, SIGUSR1, loop);
 }
 END_TEST
 
 START_TEST(test_two_watchers_one_signal) {
     unblock(SIGUSR2);
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
     struct rec a = {0}, b = {0};
-    watch(loop, SIGUSR2, &a);
+    rx_loop *loop = loop_watching(SIGUSR2, &a);
     watch(loop, SIGUSR2, &b);
     ck_assert_int_eq(raise(SIGUSR2), 0);
     unsigned long long deadline = tu_now_ms() + 1000;
@@ -127,12 +147,9 @@ START_TEST(test_two_watchers_one_signal) {
     /* Freeing one keeps the other working and the signal blocked. */
     rx_signal_free(a.sig);
     ck_assert(is_blocked(SIGUSR2));
-    ck_assert_int_eq(raise(SIGUSR2), 0);
-    ck_assert(run_until_count(loop, &b.calls, 2, 1000));
+    raise_until(loop, SIGUSR2, &b.calls, 2);
     ck_assert_int_eq(a.calls, 1);
-    rx_signal_free(b.sig);
-    ck_assert(!is_blocked(SIGUSR2));
-    rx_loop_free(loop);
+    free_last(&b, SIGUSR2, loop);
 }
 END_TEST
 
@@ -146,8 +163,7 @@ START_TEST(test_int_term_hup) {
     for (int i = 0; i < 3; i++)
         watch(loop, sigs[i], &r[i]);
     for (int i = 0; i < 3; i++) {
-        ck_assert_int_eq(raise(sigs[i]), 0);
-        ck_assert(run_until_count(loop, &r[i].calls, 1, 1000));
+        raise_until(loop, sigs[i], &r[i].calls, 1);
         ck_assert_int_eq(r[i].signo, sigs[i]);
         for (int j = 0; j < 3; j++)
             ck_assert_int_eq(r[j].calls, j <= i ? 1 : 0);
@@ -172,25 +188,20 @@ END_TEST
 
 START_TEST(test_free_inside_callback) {
     unblock(SIGUSR1);
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
     struct rec self = {.free_self = true}, stay = {0};
-    watch(loop, SIGUSR1, &self);
+    rx_loop *loop = loop_watching(SIGUSR1, &self);
     watch(loop, SIGUSR1, &stay);
-    ck_assert_int_eq(raise(SIGUSR1), 0);
-    ck_assert(run_until_count(loop, &stay.calls, 1, 1000));
+    raise_until(loop, SIGUSR1, &stay.calls, 1);
     run_for(loop, 10);
     ck_assert_int_eq(self.calls, 1);
     ck_assert_ptr_null(self.sig);
     ck_assert(is_blocked(SIGUSR1)); /* one watcher left */
-    ck_assert_int_eq(raise(SIGUSR1), 0);
-    ck_assert(run_until_count(loop, &stay.calls, 2, 1000));
+    raise_until(loop, SIGUSR1, &stay.calls, 2);
     ck_assert_int_eq(self.calls, 1);
 
     /* The last watcher freeing itself unblocks the signal. */
     stay.free_self = true;
-    ck_assert_int_eq(raise(SIGUSR1), 0);
-    ck_assert(run_until_count(loop, &stay.calls, 3, 1000));
+    raise_until(loop, SIGUSR1, &stay.calls, 3);
     run_for(loop, 10);
     ck_assert(!is_blocked(SIGUSR1));
     rx_loop_free(loop);
@@ -200,27 +211,22 @@ END_TEST
 START_TEST(test_free_other_inside_callback) {
     /* Two watchers of one signal; whichever runs first frees the other: it must not run. */
     unblock(SIGUSR2);
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
     bool freed = false;
     int total = 0;
     struct rec a = {.freed_flag = &freed, .shared_count = &total};
     struct rec b = {.freed_flag = &freed, .shared_count = &total};
     a.free_other = &b;
     b.free_other = &a;
-    watch(loop, SIGUSR2, &a);
+    rx_loop *loop = loop_watching(SIGUSR2, &a);
     watch(loop, SIGUSR2, &b);
-    ck_assert_int_eq(raise(SIGUSR2), 0);
-    ck_assert(run_until_count(loop, &total, 1, 1000));
+    raise_until(loop, SIGUSR2, &total, 1);
     run_for(loop, 10);
     ck_assert(freed);
     ck_assert_int_eq(total, 1);
     struct rec *survivor = a.calls ? &a : &b;
     ck_assert_ptr_nonnull(survivor->sig);
     ck_assert(is_blocked(SIGUSR2));
-    rx_signal_free(survivor->sig);
-    ck_assert(!is_blocked(SIGUSR2));
-    rx_loop_free(loop);
+    free_last(survivor, SIGUSR2, loop);
 }
 END_TEST
 
@@ -246,8 +252,7 @@ START_TEST(test_unblocked_after_last_free) {
     /* Watching again after the unblock works. */
     watch(loop, SIGUSR1, &a);
     ck_assert(is_blocked(SIGUSR1));
-    ck_assert_int_eq(raise(SIGUSR1), 0);
-    ck_assert(run_until_count(loop, &a.calls, 1, 1000));
+    raise_until(loop, SIGUSR1, &a.calls, 1);
     ck_assert_int_eq(c.calls, 0);
 
     /* rx_loop_free releases the remaining watchers and unblocks their signals. */
@@ -260,23 +265,15 @@ END_TEST
 START_TEST(test_two_loops_same_signal) {
     /* Two loops of one thread watch SIGUSR1. Freeing the first loop's watcher does not free the
      * last watcher of the signal, so it stays blocked and the second loop still gets it. */
-    unblock(SIGUSR1);
-    rx_loop *a = rx_loop_new();
-    rx_loop *b = rx_loop_new();
-    ck_assert_ptr_nonnull(a);
-    ck_assert_ptr_nonnull(b);
+    rx_loop *a, *b;
     struct rec ra = {0}, rb = {0};
-    watch(a, SIGUSR1, &ra);
-    watch(b, SIGUSR1, &rb);
+    two_loops(SIGUSR1, &a, &ra, &b, &rb);
     rx_signal_free(ra.sig);
     ck_assert_msg(is_blocked(SIGUSR1),
                   "SIGUSR1 unblocked while another loop still watches it (raising it would kill "
                   "the process)");
-    ck_assert_int_eq(raise(SIGUSR1), 0);
-    ck_assert(run_until_count(b, &rb.calls, 1, 1000));
-    rx_signal_free(rb.sig);
-    ck_assert(!is_blocked(SIGUSR1));
-    rx_loop_free(a);
+    raise_until(b, SIGUSR1, &rb.calls, 1);
+    free_last(&rb, SIGUSR1, a);
     rx_loop_free(b);
 }
 END_TEST
@@ -304,9 +301,7 @@ START_TEST(test_new_enomem) {
     unblock(SIGUSR1);
     rx_loop *loop = rx_loop_new();
     ck_assert_ptr_nonnull(loop);
-    rx_sys.malloc = tu_fail_malloc;
-    rx_sys.calloc = tu_fail_calloc;
-    rx_sys.realloc = tu_fail_realloc;
+    tu_fail_allocs();
     errno = 0;
     ck_assert_ptr_null(rx_signal_new(loop, SIGUSR1, noop_cb, NULL));
     ck_assert_int_eq(errno, ENOMEM);
@@ -314,8 +309,7 @@ START_TEST(test_new_enomem) {
     ck_assert_msg(!is_blocked(SIGUSR1), "a failed rx_signal_new left the signal blocked");
     struct rec r = {0};
     watch(loop, SIGUSR1, &r);
-    ck_assert_int_eq(raise(SIGUSR1), 0);
-    ck_assert(run_until_count(loop, &r.calls, 1, 1000));
+    raise_until(loop, SIGUSR1, &r.calls, 1);
     rx_signal_free(r.sig);
     rx_loop_free(loop);
 }
@@ -346,10 +340,8 @@ START_TEST(test_wakes_blocked_wait) {
     /* A process-directed signal from another thread wakes run_once(-1). The thread starts after
      * rx_signal_new, so it inherits the blocked mask. */
     unblock(SIGUSR2);
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
     struct rec r = {0};
-    watch(loop, SIGUSR2, &r);
+    rx_loop *loop = loop_watching(SIGUSR2, &r);
     struct guard g = {0};
     rx_timer *guard = rx_timer_new(loop, guard_cb, &g);
     ck_assert_int_eq(rx_timer_start(guard, 2000, 0), 0);
@@ -399,14 +391,9 @@ START_TEST(test_fanout_two_loops_one_thread) {
     /* One delivery, two loops of this thread watching: each loop's watcher runs exactly once,
      * whichever loop's signalfd dequeues it. Both for a thread-directed (raise) and a
      * process-directed (kill) signal, and with either loop run first. */
-    unblock(SIGUSR1);
-    rx_loop *a = rx_loop_new();
-    rx_loop *b = rx_loop_new();
-    ck_assert_ptr_nonnull(a);
-    ck_assert_ptr_nonnull(b);
+    rx_loop *a, *b;
     struct rec ra = {0}, rb = {0}, rb2 = {0};
-    watch(a, SIGUSR1, &ra);
-    watch(b, SIGUSR1, &rb);
+    two_loops(SIGUSR1, &a, &ra, &b, &rb);
     watch(b, SIGUSR1, &rb2);
     ck_assert_int_eq(raise(SIGUSR1), 0);
     run_two(a, &ra.calls, 1, b, &rb.calls, 1, 1000, 30);
@@ -431,9 +418,7 @@ START_TEST(test_fanout_two_loops_one_thread) {
     run_two(b, &rb.calls, 2, a, &ra.calls, 3, 1000, 30);
     ck_assert_int_eq(ra.calls, 3);
     ck_assert_int_eq(rb.calls, 2);
-    rx_signal_free(ra.sig);
-    ck_assert(!is_blocked(SIGUSR1));
-    rx_loop_free(a);
+    free_last(&ra, SIGUSR1, a);
     rx_loop_free(b);
 }
 END_TEST
@@ -441,23 +426,15 @@ END_TEST
 START_TEST(test_fanout_coalesces) {
     /* Two deliveries dequeued by loop a before loop b runs: b's watcher runs once for both, as a
      * standard signal pending twice is delivered once. */
-    unblock(SIGUSR1);
     unblock(SIGUSR2);
-    rx_loop *a = rx_loop_new();
-    rx_loop *b = rx_loop_new();
-    ck_assert_ptr_nonnull(a);
-    ck_assert_ptr_nonnull(b);
+    rx_loop *a, *b;
     struct rec ra = {0}, rb = {0}, ra2 = {0}, rb2 = {0};
-    watch(a, SIGUSR1, &ra);
-    watch(b, SIGUSR1, &rb);
+    two_loops(SIGUSR1, &a, &ra, &b, &rb);
     watch(a, SIGUSR2, &ra2);
     watch(b, SIGUSR2, &rb2);
-    for (int i = 1; i <= 2; i++) {
-        ck_assert_int_eq(raise(SIGUSR1), 0);
-        ck_assert(run_until_count(a, &ra.calls, i, 1000));
-    }
-    ck_assert_int_eq(raise(SIGUSR2), 0);
-    ck_assert(run_until_count(a, &ra2.calls, 1, 1000));
+    for (int i = 1; i <= 2; i++)
+        raise_until(a, SIGUSR1, &ra.calls, i);
+    raise_until(a, SIGUSR2, &ra2.calls, 1);
     ck_assert_int_eq(rb.calls, 0);
     run_for(b, 30);
     ck_assert_int_eq(rb.calls, 1);
@@ -473,19 +450,12 @@ END_TEST
 START_TEST(test_fanout_forward_enomem) {
     /* A forward that cannot be posted (no memory) is lost for that loop only, and does not stop
      * later deliveries from reaching it. */
-    unblock(SIGUSR1);
-    rx_loop *a = rx_loop_new();
-    rx_loop *b = rx_loop_new();
-    ck_assert_ptr_nonnull(a);
-    ck_assert_ptr_nonnull(b);
+    rx_loop *a, *b;
     struct rec ra = {0}, rb = {0};
-    watch(a, SIGUSR1, &ra);
-    watch(b, SIGUSR1, &rb);
+    two_loops(SIGUSR1, &a, &ra, &b, &rb);
     ck_assert_int_eq(raise(SIGUSR1), 0);
-    rx_sys.malloc = tu_fail_malloc;
-    rx_sys.calloc = tu_fail_calloc;
-    rx_sys.realloc = tu_fail_realloc;
-    bool got = run_until_count(a, &ra.calls, 1, 1000); /* a dequeues it; the post to b fails */
+    tu_fail_allocs();
+    bool got = tu_run_until_count(a, &ra.calls, 1, 1000); /* a dequeues it; the post to b fails */
     rx_sys_reset();
     ck_assert(got);
     run_for(b, 30);
@@ -502,36 +472,28 @@ END_TEST
 START_TEST(test_fanout_target_freed) {
     /* A forward still queued on a loop that is then freed: dropped with the loop (ASan/valgrind
      * check nothing leaks), and the freed loop gets no further forwards. */
-    unblock(SIGUSR1);
     unblock(SIGUSR2);
-    rx_loop *a = rx_loop_new();
-    rx_loop *b = rx_loop_new();
-    ck_assert_ptr_nonnull(a);
-    ck_assert_ptr_nonnull(b);
+    rx_loop *a, *b;
     struct rec ra = {0}, rb = {0}, rb2 = {0};
-    watch(a, SIGUSR1, &ra);
-    watch(b, SIGUSR1, &rb);
+    two_loops(SIGUSR1, &a, &ra, &b, &rb);
     watch(b, SIGUSR2, &rb2); /* b has a signalfd for a signal a does not watch, too */
-    ck_assert_int_eq(raise(SIGUSR1), 0);
-    ck_assert(run_until_count(a, &ra.calls, 1, 1000));
+    raise_until(a, SIGUSR1, &ra.calls, 1);
     run_for(b, 20);
     ck_assert_int_eq(rb.calls, 1); /* forwarded */
-    ck_assert_int_eq(raise(SIGUSR1), 0);
-    ck_assert(run_until_count(a, &ra.calls, 2, 1000));
+    raise_until(a, SIGUSR1, &ra.calls, 2);
     rx_loop_free(b); /* with the forward of the second delivery queued */
     ck_assert_int_eq(rb.calls, 1);
     ck_assert(is_blocked(SIGUSR1));  /* a still watches it */
     ck_assert(!is_blocked(SIGUSR2)); /* b's watcher is gone */
     ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
-    ck_assert(run_until_count(a, &ra.calls, 3, 1000));
+    ck_assert(tu_run_until_count(a, &ra.calls, 3, 1000));
 
     /* The other way round: the loop that dequeued it is freed before the target runs. */
     rx_loop *c = rx_loop_new();
     ck_assert_ptr_nonnull(c);
     struct rec rc = {0};
     watch(c, SIGUSR1, &rc);
-    ck_assert_int_eq(raise(SIGUSR1), 0);
-    ck_assert(run_until_count(a, &ra.calls, 4, 1000));
+    raise_until(a, SIGUSR1, &ra.calls, 4);
     rx_loop_free(a);
     ck_assert(is_blocked(SIGUSR1));
     run_for(c, 20);
@@ -544,12 +506,9 @@ END_TEST
 START_TEST(test_mask_left_alone_when_blocked_before) {
     /* A signal the thread blocked itself stays blocked when the last watcher goes. */
     block(SIGUSR1);
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
     struct rec r = {0};
-    watch(loop, SIGUSR1, &r);
-    ck_assert_int_eq(raise(SIGUSR1), 0);
-    ck_assert(run_until_count(loop, &r.calls, 1, 1000));
+    rx_loop *loop = loop_watching(SIGUSR1, &r);
+    raise_until(loop, SIGUSR1, &r.calls, 1);
     rx_signal_free(r.sig);
     ck_assert(is_blocked(SIGUSR1));
     rx_loop_free(loop);
@@ -564,6 +523,7 @@ END_TEST
  * no ck_assert (libcheck asserts belong to the test's thread); it records what it saw. */
 struct peer {
     int signo;
+    pthread_t th;
     pthread_barrier_t step;
     rx_loop *loop;
     struct rec r;
@@ -624,14 +584,23 @@ static void *peer_main(void *arg) {
 
 static int peer_calls(struct peer *p) { return atomic_load(&p->calls); }
 
-static void peer_start(struct peer *p, pthread_t *th, int signo, int steps) {
+/* Starts the test's peer watching signo, for `steps` run steps; in its last step it frees its
+ * watcher and loop itself, or with keep leaves both to the test. The peer is static: a test that
+ * fails while the thread runs (CK_FORK=no) must not leave it a dead stack frame. */
+static struct peer *peer_start(int signo, int steps, bool keep) {
+    static struct peer peer;
+    struct peer *p = &peer;
+    memset(p, 0, sizeof *p);
+    p->free_watcher = !keep;
+    p->keep_watcher = keep;
     p->signo = signo;
     p->steps = steps;
     ck_assert_int_eq(pthread_barrier_init(&p->step, NULL, 2), 0);
-    ck_assert_int_eq(pthread_create(th, NULL, peer_main, p), 0);
+    ck_assert_int_eq(pthread_create(&p->th, NULL, peer_main, p), 0);
     pthread_barrier_wait(&p->step);
     ck_assert(!p->failed);
     ck_assert(p->blocked_with);
+    return p;
 }
 
 /* One run step of the peer. This thread runs `loop` until *count reaches want (then 30 ms more):
@@ -653,10 +622,19 @@ static void peer_step(struct peer *p, int peer_want, rx_loop *loop, const int *c
         pthread_barrier_wait(&p->step);
 }
 
-static void peer_finish(struct peer *p, pthread_t th) {
+/* Sends signo to the process and runs one step of the peer and of this thread's loop (see
+ * peer_step) until both watchers ran want times, which they then must have exactly. */
+static void kill_step(struct peer *p, rx_loop *loop, struct rec *r, int want, bool run_here) {
+    ck_assert_int_eq(kill(getpid(), p->signo), 0);
+    peer_step(p, want, loop, &r->calls, want, run_here);
+    ck_assert_int_eq(r->calls, want);
+    ck_assert_int_eq(peer_calls(p), want);
+}
+
+static void peer_finish(struct peer *p) {
     pthread_barrier_wait(&p->step);
     pthread_barrier_wait(&p->step);
-    pthread_join(th, NULL);
+    pthread_join(p->th, NULL);
     pthread_barrier_destroy(&p->step);
 }
 
@@ -665,39 +643,24 @@ START_TEST(test_fanout_two_threads) {
      * frees its watcher: its own mask is restored, this thread's is not touched, and this loop
      * keeps getting the signal. */
     unblock(SIGUSR2);
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
     struct rec r = {0};
-    watch(loop, SIGUSR2, &r);
-    static struct peer p;
-    memset(&p, 0, sizeof p);
-    p.free_watcher = true;
-    pthread_t th;
-    peer_start(&p, &th, SIGUSR2, 2);
-
-    ck_assert_int_eq(kill(getpid(), SIGUSR2), 0);
-    peer_step(&p, 1, loop, &r.calls, 1, true);
-    ck_assert_int_eq(r.calls, 1);
-    ck_assert_int_eq(peer_calls(&p), 1);
+    rx_loop *loop = loop_watching(SIGUSR2, &r);
+    struct peer *p = peer_start(SIGUSR2, 2, false);
+    kill_step(p, loop, &r, 1, true);
 
     /* Again, with this thread's loop idle until the peer's step is over: the peer dequeues the
      * signal and forwards it here. */
-    ck_assert_int_eq(kill(getpid(), SIGUSR2), 0);
-    peer_step(&p, 2, loop, &r.calls, 2, false);
-    ck_assert_int_eq(r.calls, 2);
-    ck_assert_int_eq(peer_calls(&p), 2);
+    kill_step(p, loop, &r, 2, false);
 
-    peer_finish(&p, th);
-    ck_assert_msg(!p.blocked_after, "SIGUSR2 still blocked in the thread whose last watcher went");
+    peer_finish(p);
+    ck_assert_msg(!p->blocked_after, "SIGUSR2 still blocked in the thread whose last watcher went");
     ck_assert(is_blocked(SIGUSR2));
     ck_assert_int_eq(kill(getpid(), SIGUSR2), 0);
-    ck_assert(run_until_count(loop, &r.calls, 3, 1000));
+    ck_assert(tu_run_until_count(loop, &r.calls, 3, 1000));
     run_for(loop, 20);
     ck_assert_int_eq(r.calls, 3);
-    ck_assert_int_eq(p.r.calls, 2);
-    rx_signal_free(r.sig);
-    ck_assert(!is_blocked(SIGUSR2));
-    rx_loop_free(loop);
+    ck_assert_int_eq(p->r.calls, 2);
+    free_last(&r, SIGUSR2, loop);
 }
 END_TEST
 
@@ -705,30 +668,21 @@ START_TEST(test_fanout_other_thread_keeps_working) {
     /* This thread's watcher goes first: its mask is restored and the peer's loop still gets the
      * signal (this thread blocks it by hand meanwhile, as signal.h asks). */
     unblock(SIGUSR1);
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
     struct rec r = {0};
-    watch(loop, SIGUSR1, &r);
-    static struct peer p;
-    memset(&p, 0, sizeof p);
-    p.free_watcher = true;
-    pthread_t th;
-    peer_start(&p, &th, SIGUSR1, 2);
-    ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
-    peer_step(&p, 1, loop, &r.calls, 1, true);
-    ck_assert_int_eq(r.calls, 1);
-    ck_assert_int_eq(peer_calls(&p), 1);
+    rx_loop *loop = loop_watching(SIGUSR1, &r);
+    struct peer *p = peer_start(SIGUSR1, 2, false);
+    kill_step(p, loop, &r, 1, true);
 
     rx_signal_free(r.sig);
     ck_assert(!is_blocked(SIGUSR1));
     block(SIGUSR1);
     ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
     int none = 0;
-    peer_step(&p, 2, loop, &none, 0, true);
-    ck_assert_int_eq(peer_calls(&p), 2);
+    peer_step(p, 2, loop, &none, 0, true);
+    ck_assert_int_eq(peer_calls(p), 2);
     ck_assert_int_eq(r.calls, 1);
-    peer_finish(&p, th);
-    ck_assert(!p.blocked_after);
+    peer_finish(p);
+    ck_assert(!p->blocked_after);
     rx_loop_free(loop);
     unblock(SIGUSR1);
 }
@@ -738,22 +692,16 @@ START_TEST(test_thread_directed_read_by_its_thread) {
     /* pthread_kill targets the peer's thread: only its loop can dequeue the signal (this loop,
      * run meanwhile, sees nothing), then the delivery is forwarded here. */
     unblock(SIGUSR1);
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
     struct rec r = {0};
-    watch(loop, SIGUSR1, &r);
-    static struct peer p;
-    memset(&p, 0, sizeof p);
-    p.free_watcher = true;
-    pthread_t th;
-    peer_start(&p, &th, SIGUSR1, 1);
-    ck_assert_int_eq(pthread_kill(th, SIGUSR1), 0);
+    rx_loop *loop = loop_watching(SIGUSR1, &r);
+    struct peer *p = peer_start(SIGUSR1, 1, false);
+    ck_assert_int_eq(pthread_kill(p->th, SIGUSR1), 0);
     run_for(loop, 50);
     ck_assert_int_eq(r.calls, 0);
-    peer_step(&p, 1, loop, &r.calls, 1, true);
-    ck_assert_int_eq(peer_calls(&p), 1);
+    peer_step(p, 1, loop, &r.calls, 1, true);
+    ck_assert_int_eq(peer_calls(p), 1);
     ck_assert_int_eq(r.calls, 1);
-    peer_finish(&p, th);
+    peer_finish(p);
     rx_signal_free(r.sig);
     rx_loop_free(loop);
     ck_assert(!is_blocked(SIGUSR1));
@@ -764,27 +712,18 @@ START_TEST(test_free_on_other_thread_leaves_mask) {
     /* The peer's watcher and loop, freed on this thread: the peer's mask cannot be changed from
      * here and stays blocked; this thread's own bookkeeping is not disturbed either. */
     unblock(SIGUSR2);
-    static struct peer p;
-    memset(&p, 0, sizeof p);
-    p.keep_watcher = true;
-    pthread_t th;
-    peer_start(&p, &th, SIGUSR2, 0);
-    rx_signal_free(p.r.sig);
-    rx_loop_free(p.loop);
+    struct peer *p = peer_start(SIGUSR2, 0, true);
+    rx_signal_free(p->r.sig);
+    rx_loop_free(p->loop);
     ck_assert(!is_blocked(SIGUSR2));
-    peer_finish(&p, th);
-    ck_assert(p.blocked_after);
+    peer_finish(p);
+    ck_assert(p->blocked_after);
 
-    rx_loop *loop = rx_loop_new();
-    ck_assert_ptr_nonnull(loop);
     struct rec r = {0};
-    watch(loop, SIGUSR2, &r);
+    rx_loop *loop = loop_watching(SIGUSR2, &r);
     ck_assert(is_blocked(SIGUSR2));
-    ck_assert_int_eq(raise(SIGUSR2), 0);
-    ck_assert(run_until_count(loop, &r.calls, 1, 1000));
-    rx_signal_free(r.sig);
-    ck_assert(!is_blocked(SIGUSR2));
-    rx_loop_free(loop);
+    raise_until(loop, SIGUSR2, &r.calls, 1);
+    free_last(&r, SIGUSR2, loop);
 }
 END_TEST
 

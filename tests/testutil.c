@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -372,16 +373,19 @@ void tu_peer_write_all(rx_loop *loop, int fd, const void *buf, size_t n) {
 
 /* ---- a traced connection ---- */
 
-static void tr_note(tu_tr *t, const char *what) {
+/* Notes a call of the callback `what` (late after on_close, or once the test set `done`); returns
+ * the trace it goes to. */
+static tu_tr *tr_note(void *arg, const char *what) {
+    tu_tr *t = arg;
     if (t->closes || t->done) {
         t->late++;
         t->late_what = what;
     }
+    return t;
 }
 
 void tu_tr_open(rx_conn *c, void *arg) {
-    tu_tr *t = arg;
-    tr_note(t, "on_open");
+    tu_tr *t = tr_note(arg, "on_open");
     t->opens++;
     t->c = c;
     t->open_ms = tu_now_ms();
@@ -393,8 +397,7 @@ void tu_tr_open(rx_conn *c, void *arg) {
 }
 
 void tu_tr_data(rx_conn *c, rx_buffer *in, void *arg) {
-    tu_tr *t = arg;
-    tr_note(t, "on_data");
+    tu_tr *t = tr_note(arg, "on_data");
     t->datas++;
     ck_assert_uint_gt(rx_buffer_len(in), 0);
     ck_assert_int_eq(rx_buffer_append(&t->in, rx_buffer_peek(in), rx_buffer_len(in)), 0);
@@ -405,40 +408,31 @@ void tu_tr_data(rx_conn *c, rx_buffer *in, void *arg) {
 
 void tu_tr_drain(rx_conn *c, void *arg) {
     (void)c;
-    tu_tr *t = arg;
-    tr_note(t, "on_drain");
-    t->drains++;
+    tr_note(arg, "on_drain")->drains++;
 }
 
 void tu_tr_high(rx_conn *c, size_t queued, void *arg) {
     (void)c;
     (void)queued;
-    tu_tr *t = arg;
-    tr_note(t, "on_high_water");
-    t->highs++;
+    tr_note(arg, "on_high_water")->highs++;
 }
 
 void tu_tr_low(rx_conn *c, size_t queued, void *arg) {
     (void)c;
     (void)queued;
-    tu_tr *t = arg;
-    tr_note(t, "on_low_water");
-    t->lows++;
+    tr_note(arg, "on_low_water")->lows++;
 }
 
 void tu_tr_eof(rx_conn *c, void *arg) {
     (void)c;
-    tu_tr *t = arg;
-    tr_note(t, "on_eof");
+    tu_tr *t = tr_note(arg, "on_eof");
     t->eofs++;
     t->in_at_eof = rx_buffer_len(&t->in);
 }
 
 void tu_tr_timeout(rx_conn *c, void *arg) {
     (void)c;
-    tu_tr *t = arg;
-    tr_note(t, "on_timeout");
-    t->timeouts++;
+    tr_note(arg, "on_timeout")->timeouts++;
 }
 
 void tu_tr_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
@@ -472,6 +466,35 @@ bool tu_tr_opened(void *tr) {
 
 void tu_tr_assert_none_late(const tu_tr *t) {
     ck_assert_msg(t->late == 0, "%d callback(s) after close, last %s", t->late, t->late_what);
+}
+
+void tu_tr_wait_close(rx_loop *loop, tu_tr *t, int max_ms, rx_close_reason reason) {
+    ck_assert_msg(tu_run_until_fn(loop, tu_tr_closed, t, max_ms, 5), "no on_close in %d ms",
+                  max_ms);
+    ck_assert_int_eq(t->reason, reason);
+}
+
+void tu_tr_assert_closes_next(rx_loop *loop, const tu_tr *t, rx_close_reason reason) {
+    ck_assert_int_eq(t->closes, 0);
+    rx_loop_run_once(loop, 0);
+    ck_assert_int_eq(t->closes, 1);
+    ck_assert_int_eq(t->reason, reason);
+}
+
+void tu_tr_assert_closed_once(rx_loop *loop, const tu_tr *t, int ms) {
+    tu_run_for(loop, ms);
+    ck_assert_int_eq(t->closes, 1);
+}
+
+void tu_free_loop_closing(rx_loop *loop, ...) {
+    rx_loop_free(loop);
+    va_list ap;
+    va_start(ap, loop);
+    for (tu_tr *t; (t = va_arg(ap, tu_tr *)) != NULL;) {
+        ck_assert_int_eq(t->closes, 1);
+        tu_tr_free(t);
+    }
+    va_end(ap);
 }
 
 void tu_tr_free(tu_tr *t) { rx_buffer_free(&t->in); }

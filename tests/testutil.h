@@ -201,6 +201,21 @@ bool tu_tr_opened(void *tr);
 /* Fails the test when any callback came after the close. */
 void tu_tr_assert_none_late(const tu_tr *t);
 
+/* Runs loop iterations (each waiting at most 5 ms) until on_close ran, for max_ms at most, and
+ * checks the reason it gave. */
+void tu_tr_wait_close(rx_loop *loop, tu_tr *t, int max_ms, rx_close_reason reason);
+
+/* on_close has not run yet (it never runs inside a call of the user's): it runs in the next
+ * iteration (rx_loop_run_once(loop, 0)), with reason. */
+void tu_tr_assert_closes_next(rx_loop *loop, const tu_tr *t, rx_close_reason reason);
+
+/* After on_close: ms more of the loop do not run it again. */
+void tu_tr_assert_closed_once(rx_loop *loop, const tu_tr *t, int ms);
+
+/* Frees loop, which closes the connections still open: each trace given (the list ends with
+ * NULL) then saw on_close exactly once; then frees the traces. */
+void tu_free_loop_closing(rx_loop *loop, ...);
+
 void tu_tr_free(tu_tr *t);
 
 /* A traced connection and its raw peer, for the predicates below. */
