@@ -172,7 +172,9 @@ static int iterate(rx_loop *loop, int timeout_ms, bool *stopped) {
         timeout = timeout_ms;
     /* Work already owed (deferred calls asked for by the pass, releases owed from outside the
      * loop, a stop) must not wait for an event. */
-    *stopped = atomic_exchange(&loop->stop, false);
+    /* A plain load first: an atomic exchange on every iteration costs more than the check. */
+    *stopped = atomic_load_explicit(&loop->stop, memory_order_relaxed) &&
+               atomic_exchange(&loop->stop, false);
     if (*stopped || loop->deferred.head || loop->graveyard)
         timeout = 0;
 
