@@ -411,10 +411,10 @@ static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
         rx_conn_abort(c);
         return;
     }
-    bool idle = process(s, in);
-    sync_stats(s);
-    if (idle && !rx_conn_ended(c))
+    if (process(s, in) && !rx_conn_ended(c))
         session_release(s);
+    else
+        sync_stats(s);
 }
 
 static void on_low_water(rx_conn *c, size_t queued, void *arg) {
