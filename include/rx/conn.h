@@ -168,6 +168,22 @@ void *rx_conn_arg(const rx_conn *c);
 void rx_conn_set_arg(rx_conn *c, void *arg);
 int rx_conn_fd(const rx_conn *c);
 
+/* From other threads. A connection belongs to its loop's thread; another thread reaches it with a
+ * reference (which keeps its memory, not the connection, alive past on_close) and posted sends.
+ * rx_conn_ref / rx_conn_unref: any thread; the last unref frees the memory once on_close ran. */
+void rx_conn_ref(rx_conn *c);
+void rx_conn_unref(rx_conn *c);
+
+/* The outcome of an rx_conn_send_async, on the connection's loop thread: 0 when the bytes were
+ * handed to rx_conn_send, else its negative errno (-EPIPE: the connection closed first). */
+typedef void (*rx_send_done_fn)(rx_conn *c, int status, void *arg);
+
+/* Any thread, holding a reference: copies n bytes and sends them from the connection's loop, in
+ * the order of the calls of one thread. Returns 0 (then done, if not NULL, runs exactly once,
+ * also when the loop is freed first: -ECANCELED), -EPIPE when the connection has closed already
+ * (nothing is touched, done does not run), or -ENOMEM. */
+int rx_conn_send_async(rx_conn *c, const void *data, size_t n, rx_send_done_fn done, void *arg);
+
 /* Peer and local addresses (getpeername/getsockname). Return 0 or a negative errno. */
 int rx_conn_peer_addr(const rx_conn *c, rx_addr *out);
 int rx_conn_local_addr(const rx_conn *c, rx_addr *out);

@@ -71,6 +71,9 @@ void rx_loop_update_time(rx_loop *loop);
 uint64_t rx_loop_iterations(const rx_loop *loop);
 uint64_t rx_loop_events(const rx_loop *loop);
 
+/* Connections (rx_conn) living on the loop now. Any thread (a snapshot). */
+unsigned rx_loop_conn_count(const rx_loop *loop);
+
 #ifdef __cplusplus
 }
 #endif

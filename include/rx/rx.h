@@ -7,6 +7,7 @@
 #include <rx/channel.h>
 #include <rx/conn.h>
 #include <rx/connector.h>
+#include <rx/group.h>
 #include <rx/listener.h>
 #include <rx/loop.h>
 #include <rx/server.h>

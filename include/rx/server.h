@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include <rx/conn.h>
+#include <rx/group.h>
 #include <rx/listener.h>
 
 #ifdef __cplusplus
@@ -14,6 +15,16 @@ extern "C" {
 
 typedef struct rx_server rx_server;
 
+/* How a server spreads connections over the loops of a group. */
+typedef enum rx_spread {
+    /* Main/sub reactor: one loop accepts and hands each fd to a loop of the group (by `pick`),
+     * where the connection is created: balanced, one cross-thread hop per connection. */
+    RX_SPREAD_HANDOFF,
+    /* One SO_REUSEPORT listener per loop: the kernel spreads connections, no hop; connections
+     * queued on a listener that closes are lost, and long-lived ones can pile up on one loop. */
+    RX_SPREAD_REUSEPORT,
+} rx_spread;
+
 typedef struct rx_server_opts {
     const char *listen;           /* address, see rx_addr_parse */
     rx_listener_opts listener;    /* backlog, SO_REUSEPORT, accept batch; its on_shed gets `arg` */
@@ -21,10 +32,17 @@ typedef struct rx_server_opts {
     size_t max_conns;             /* 0: no limit; over it new connections are closed at once */
     const rx_conn_callbacks *cbs; /* for every connection; must outlive the server */
     void *arg;                    /* initial arg of every connection (rx_conn_set_arg changes it) */
+    /* NULL: every connection lives on `loop`. Else they are spread over the group's loops, and
+     * each connection's callbacks run on its own loop's thread (so must cbs and arg allow). */
+    rx_loop_group *group;
+    rx_spread spread; /* with a group: handoff (default) or reuseport */
+    rx_pick pick;     /* handoff: how the loop of a new connection is chosen (round-robin) */
 } rx_server_opts;
 
-/* Starts listening and accepting. on_open runs for each accepted connection. The caller owns the
- * server. Returns NULL and sets errno (EINVAL, EADDRINUSE, ENOMEM, ...). */
+/* Starts listening and accepting. on_open runs for each accepted connection, on its loop. `loop`
+ * accepts (handoff), and is where on_stopped runs; with a group it may be NULL (then the group's
+ * loop 0) and the server must be made before rx_loop_group_start. The caller owns the server.
+ * Returns NULL and sets errno (EINVAL, EADDRINUSE, ENOMEM, ...). */
 rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts);
 
 const rx_addr *rx_server_addr(const rx_server *s);
@@ -32,7 +50,8 @@ const rx_addr *rx_server_addr(const rx_server *s);
 /* Graceful stop: stops accepting now, lets open connections go on until they close or
  * deadline_ms passes, then closes the rest (queued output is still written; a connection that
  * cannot write it within another deadline_ms is aborted). on_stopped(arg) runs once no connection
- * is left. Safe from any callback. */
+ * is left, on the server's loop. Safe from any callback of the server's loop (with a group, every
+ * loop does its part on its own thread). */
 void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, void *arg);
 
 /* Connections open now, accepted since the start, and shed since the start (accepted and closed
@@ -42,8 +61,8 @@ unsigned long long rx_server_accepted(const rx_server *s);
 unsigned long long rx_server_shed(const rx_server *s);
 
 /* Closes the listener and aborts every connection still open (their on_close runs with
- * RX_CLOSE_LOCAL at the end of the iteration, or now outside rx_loop_run). Safe from any
- * callback. */
+ * RX_CLOSE_LOCAL at the end of the iteration, or at the next one outside rx_loop_run). Safe from
+ * any callback. With a group: only once its threads have been joined. */
 void rx_server_free(rx_server *s);
 
 #ifdef __cplusplus

@@ -51,6 +51,7 @@ rx_channel *rx_channel_new_owner(rx_loop *loop, int fd, uint32_t flags, rx_chann
 }
 
 int rx_channel_set_interest(rx_channel *ch, uint32_t interest) {
+    RX_LOOP_THREAD(ch->loop);
     interest &= RX_READABLE | RX_WRITABLE;
     if (ch->closed)
         return -EBADF;
@@ -93,10 +94,14 @@ static void unlink_live(rx_channel *ch) {
 }
 
 static void release(rx_channel *ch) {
+    bool owner_frees = ch->flags & RX_CHANNEL_OWNER_MEM;
     if (ch->destructor)
         ch->destructor(ch->arg);
-    rx_sys.free(ch);
+    if (!owner_frees)
+        rx_sys.free(ch);
 }
+
+void rx_channel_free_owner(rx_channel *ch) { rx_sys.free(ch); }
 
 /* Unlinks ch from whichever deferred list holds it (see rx_channel_run_deferred). */
 static void undefer(rx_channel *ch) {
@@ -121,6 +126,7 @@ void rx_channel_close(rx_channel *ch) {
     if (!ch || ch->closed)
         return;
     rx_loop *loop = ch->loop;
+    RX_LOOP_THREAD(loop);
     ch->closed = true;
     if (ch->registered) {
         struct epoll_event ev = {0};

@@ -3,6 +3,7 @@
 #include "loop_internal.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -23,6 +24,8 @@ rx_loop *rx_loop_new(void) {
         return NULL;
     }
     atomic_init(&loop->stop, false);
+    atomic_init(&loop->owned, false);
+    atomic_init(&loop->conns, 0);
     atomic_init(&loop->wake_pending, false);
     rx_loop_update_time(loop);
     int rc = rx_post_init(loop);
@@ -74,7 +77,36 @@ uint64_t rx_loop_now_ns(const rx_loop *loop) { return loop->now_ns; }
 uint64_t rx_loop_iterations(const rx_loop *loop) { return loop->iterations; }
 uint64_t rx_loop_events(const rx_loop *loop) { return loop->events; }
 
+unsigned rx_loop_conn_count(const rx_loop *loop) {
+    return atomic_load_explicit(&loop->conns, memory_order_relaxed);
+}
+
+/* Only the loop's thread writes: a plain load and store, no locked instruction per connection. */
+void rx_loop_count_conn(rx_loop *loop, int delta) {
+    unsigned n = atomic_load_explicit(&loop->conns, memory_order_relaxed);
+    atomic_store_explicit(&loop->conns, n + (unsigned)delta, memory_order_relaxed);
+}
+
+void rx_loop_check_thread(const rx_loop *loop, const char *fn) {
+    if (atomic_load_explicit(&loop->owned, memory_order_acquire) &&
+        !pthread_equal(loop->owner, pthread_self())) {
+        fprintf(stderr, "rx: %s called from a thread that does not run its loop\n", fn);
+        abort();
+    }
+}
+
+/* The calling thread runs the loop until release_thread. */
+static void claim_thread(rx_loop *loop) {
+    loop->owner = pthread_self();
+    atomic_store_explicit(&loop->owned, true, memory_order_release);
+}
+
+static void release_thread(rx_loop *loop) {
+    atomic_store_explicit(&loop->owned, false, memory_order_release);
+}
+
 int rx_loop_add_hook(rx_loop *loop, rx_task_fn fn, void *arg) {
+    RX_LOOP_THREAD(loop);
     if (!fn)
         return -EINVAL;
     if (loop->nhooks == loop->hooks_cap) {
@@ -207,16 +239,25 @@ static int iterate(rx_loop *loop, int timeout_ms, bool *stopped) {
 }
 
 int rx_loop_run_once(rx_loop *loop, int timeout_ms) {
+    if (loop->running)
+        return -EBUSY;
     bool stopped;
-    return iterate(loop, timeout_ms, &stopped);
+    claim_thread(loop);
+    int rc = iterate(loop, timeout_ms, &stopped);
+    release_thread(loop);
+    return rc;
 }
 
 int rx_loop_run(rx_loop *loop) {
+    if (loop->running)
+        return -EBUSY;
     bool stopped = false;
     int rc;
+    claim_thread(loop);
     do
         rc = iterate(loop, -1, &stopped);
     while (rc >= 0 && !stopped);
+    release_thread(loop);
     return rc < 0 ? rc : 0;
 }
 

@@ -70,6 +70,11 @@ struct rx_hook {
 
 struct rx_loop {
     int epfd;
+    /* The thread running rx_loop_run / rx_loop_run_once, while `owned` (written before it,
+     * release; read after it, acquire): what the loop-thread checks compare against. */
+    pthread_t owner;
+    atomic_bool owned;
+    atomic_uint conns; /* connections living here; written by the loop's thread only */
     struct epoll_event evbuf[RX_MAX_EVENTS];
     bool running; /* inside rx_loop_run_once: frees are deferred */
     atomic_bool stop;

@@ -100,6 +100,7 @@ rx_timer *rx_timer_new(rx_loop *loop, rx_timer_fn cb, void *arg) {
 
 int rx_timer_start(rx_timer *t, uint64_t timeout_ms, uint64_t repeat_ms) {
     rx_loop *loop = t->loop;
+    RX_LOOP_THREAD(loop);
     rx_timer_stop(t);
     int rc = heap_reserve(loop);
     if (rc < 0)

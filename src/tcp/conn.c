@@ -98,6 +98,7 @@ void rx_conn_close_now(rx_conn *c, rx_close_reason reason, int err) {
         return;
     c->rd = RD_CLOSED;
     c->wr = WR_CLOSED;
+    atomic_fetch_or_explicit(&c->refs, REF_CLOSED, memory_order_release);
     c->reason = (uint8_t)reason;
     c->err = (int16_t)err;
     stop_timer(c->idle);
@@ -117,14 +118,14 @@ static void abort_now(rx_conn *c, rx_close_reason reason, int err) {
     if (rx_conn_is_closed(c))
         return;
     struct linger lg = {.l_onoff = 1, .l_linger = 0};
-    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    setsockopt(rx_conn_sock(c), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     rx_conn_close_now(c, reason, err);
 }
 
 /* Whether the peer has sent nothing we have not read (nor ended its stream). */
 static bool peer_quiet(const rx_conn *c) {
     char b;
-    return recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && errno == EAGAIN;
+    return recv(rx_conn_sock(c), &b, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && errno == EAGAIN;
 }
 
 /* Closes once both sides ended. A closing connection whose peer sent nothing since the close
@@ -191,11 +192,17 @@ static void start_close(rx_conn *c, rx_close_reason reason, uint64_t ms) {
     rx_conn_update_interest(c);
 }
 
-void rx_conn_close(rx_conn *c) { start_close(c, RX_CLOSE_LOCAL, c->close_ms); }
+void rx_conn_close(rx_conn *c) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
+    start_close(c, RX_CLOSE_LOCAL, c->close_ms);
+}
 
 void rx_conn_close_within(rx_conn *c, uint64_t ms) { start_close(c, RX_CLOSE_LOCAL, ms); }
 
-void rx_conn_abort(rx_conn *c) { abort_now(c, RX_CLOSE_LOCAL, 0); }
+void rx_conn_abort(rx_conn *c) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
+    abort_now(c, RX_CLOSE_LOCAL, 0);
+}
 
 /* ---- reading ---------------------------------------------------------------------------- */
 
@@ -272,12 +279,12 @@ static ssize_t read_once(rx_conn *c) {
     }
     if (scratch) {
         do
-            n = rx_sys.read(c->fd, scratch, RX_SCRATCH_SIZE);
+            n = rx_sys.read(rx_conn_sock(c), scratch, RX_SCRATCH_SIZE);
         while (n < 0 && errno == EINTR);
         if (n < 0)
             n = -errno;
     } else {
-        n = rx_buffer_read_fd(c->in, c->fd);
+        n = rx_buffer_read_fd(c->in, rx_conn_sock(c));
     }
     if (n > 0) {
         c->bytes_in += (size_t)n;
@@ -347,7 +354,7 @@ static void on_event(rx_channel *ch, uint32_t ready, void *arg) {
     } else if (ready & RX_ERROR) {
         int soerr = 0;
         socklen_t len = sizeof(soerr);
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len);
+        getsockopt(rx_conn_sock(c), SOL_SOCKET, SO_ERROR, &soerr, &len);
         rx_conn_close_now(c, rx_conn_reason_for(-soerr), soerr ? -soerr : -EIO);
         return;
     } else {
@@ -363,6 +370,7 @@ static void on_event(rx_channel *ch, uint32_t ready, void *arg) {
 /* ---- flow control and timeouts ---------------------------------------------------------- */
 
 void rx_conn_pause_read(rx_conn *c) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
     if (c->rd != RD_OPEN)
         return;
     c->rd = RD_PAUSED;
@@ -372,6 +380,7 @@ void rx_conn_pause_read(rx_conn *c) {
 /* Input left in the buffer while reading was paused is handed over before the next poll: the
  * peer may be waiting for our answer to it before sending anything that would wake us. */
 void rx_conn_resume_read(rx_conn *c) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
     if (c->rd != RD_PAUSED)
         return;
     c->rd = RD_OPEN;
@@ -383,6 +392,7 @@ void rx_conn_resume_read(rx_conn *c) {
 }
 
 void rx_conn_shutdown(rx_conn *c) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
     if (c->wr != WR_OPEN || rx_conn_closing(c))
         return;
     c->wr = WR_FLUSH;
@@ -409,6 +419,7 @@ static void on_idle(rx_timer *t, void *arg) {
 }
 
 int rx_conn_set_idle_timeout(rx_conn *c, uint64_t ms) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
     if (rx_conn_is_closed(c) || rx_conn_closing(c))
         return -EPIPE; /* a closing connection is bounded by its close deadline */
     c->idle_ms = ms;
@@ -424,13 +435,19 @@ int rx_conn_set_idle_timeout(rx_conn *c, uint64_t ms) {
 
 /* ---- life --------------------------------------------------------------------------------- */
 
+/* Drops one reference; the last one frees the memory (the channel's allocation). */
+static void drop_ref(rx_conn *c) {
+    if ((atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) & ~REF_CLOSED) == 1)
+        rx_channel_free_owner(c->ch);
+}
+
 /* The channel destructor: the end of the iteration in which the connection closed, or
- * rx_loop_free. The connection's memory goes with the channel right after. */
+ * rx_loop_free. The memory goes with the loop's reference, unless another thread holds one. */
 static void finalize(void *arg) {
     rx_conn *c = arg;
-    if (!rx_conn_is_closed(c)) { /* released by rx_loop_free while open */
+    if (!rx_conn_is_closed(c)) /* released by rx_loop_free while open */
         rx_conn_close_now(c, RX_CLOSE_LOCAL, 0);
-    }
+    rx_loop_count_conn(rx_conn_loop_of(c), -1);
     if (c->owner)
         rx_server_conn_released(c->owner, c);
     if (c->cbs->on_close)
@@ -441,6 +458,57 @@ static void finalize(void *arg) {
     free_input(c);
     rx_buffer_free(&c->out);
     rx_conn_release_files(c);
+    drop_ref(c);
+}
+
+/* The destructor of a connection that was never handed out. */
+static void free_unopened(void *arg) {
+    rx_conn *c = arg;
+    rx_channel_free_owner(c->ch);
+}
+
+void rx_conn_ref(rx_conn *c) { atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); }
+
+void rx_conn_unref(rx_conn *c) { drop_ref(c); }
+
+/* A send from another thread, on its way to the connection's loop. */
+struct async_send {
+    rx_conn *c;
+    rx_send_done_fn done;
+    void *arg;
+    size_t n;
+    char data[];
+};
+
+static void async_finish(struct async_send *a, int status) {
+    if (a->done)
+        a->done(a->c, status, a->arg);
+    drop_ref(a->c);
+    rx_sys.free(a);
+}
+
+static void async_run(void *arg) {
+    struct async_send *a = arg;
+    async_finish(a, rx_conn_is_closed(a->c) ? -EPIPE : rx_conn_send(a->c, a->data, a->n));
+}
+
+static void async_drop(void *arg) { async_finish(arg, -ECANCELED); }
+
+int rx_conn_send_async(rx_conn *c, const void *data, size_t n, rx_send_done_fn done, void *arg) {
+    if (atomic_load_explicit(&c->refs, memory_order_acquire) & REF_CLOSED)
+        return -EPIPE;
+    struct async_send *a = n <= SIZE_MAX - sizeof(*a) ? rx_sys.malloc(sizeof(*a) + n) : NULL;
+    if (!a)
+        return -ENOMEM;
+    *a = (struct async_send){.c = c, .done = done, .arg = arg, .n = n};
+    memcpy(a->data, data, n);
+    rx_conn_ref(c);
+    int rc = rx_loop_post_drop(rx_conn_loop_of(c), async_run, async_drop, a);
+    if (rc < 0) {
+        drop_ref(c);
+        rx_sys.free(a);
+    }
+    return rc;
 }
 
 rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_opts *opts,
@@ -462,7 +530,7 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
         return NULL;
     }
     c->ch = ch;
-    c->fd = fd;
+    atomic_init(&c->refs, 1); /* the loop's */
     c->reason = CLOSE_NONE;
     c->bits = (opts->edge_triggered ? B_EDGE : 0) | (opts->own_buffers ? B_OWN_BUFFERS : 0) |
               (opts->always_queue ? B_ALWAYS_QUEUE : 0);
@@ -487,14 +555,16 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
     if (rc == 0 && !connecting)
         rc = rx_channel_set_interest(ch, RX_READABLE);
     if (rc < 0) {
-        /* Never handed out: no on_close is owed; the memory goes with the channel. */
+        /* Never handed out: no on_close is owed, only the memory. */
         rx_timer_free(c->idle);
         free_input(c);
         rx_buffer_free(&c->out);
+        rx_channel_set_destructor(ch, free_unopened);
         rx_channel_close(ch); /* closes fd */
         errno = -rc;
         return NULL;
     }
+    rx_loop_count_conn(loop, 1);
     rx_channel_set_destructor(ch, finalize);
     return c;
 }
@@ -509,10 +579,7 @@ rx_conn *rx_conn_next(rx_loop *loop, rx_conn *c) {
     return ch ? rx_channel_arg(ch) : NULL;
 }
 
-void rx_conn_replace_fd(rx_conn *c, int fd) {
-    rx_channel_replace_fd(c->ch, fd);
-    c->fd = fd;
-}
+void rx_conn_replace_fd(rx_conn *c, int fd) { rx_channel_replace_fd(c->ch, fd); }
 
 void rx_conn_established(rx_conn *c) {
     rx_conn_touch(c);
@@ -549,7 +616,7 @@ rx_buffer *rx_conn_input(rx_conn *c) { return c->in ? c->in : &empty_input; }
 rx_loop *rx_conn_loop(const rx_conn *c) { return rx_conn_loop_of(c); }
 void *rx_conn_arg(const rx_conn *c) { return c->arg; }
 void rx_conn_set_arg(rx_conn *c, void *arg) { c->arg = arg; }
-int rx_conn_fd(const rx_conn *c) { return rx_conn_is_closed(c) ? -1 : c->fd; }
+int rx_conn_fd(const rx_conn *c) { return rx_conn_is_closed(c) ? -1 : rx_conn_sock(c); }
 unsigned long long rx_conn_bytes_in(const rx_conn *c) { return c->bytes_in; }
 unsigned long long rx_conn_bytes_out(const rx_conn *c) { return c->bytes_out; }
 
@@ -559,7 +626,7 @@ static int sock_addr(const rx_conn *c, rx_addr *out,
     out->len = sizeof(out->u);
     if (rx_conn_is_closed(c))
         return -ENOTCONN;
-    return get(c->fd, &out->u.sa, &out->len) < 0 ? -errno : 0;
+    return get(rx_conn_sock(c), &out->u.sa, &out->len) < 0 ? -errno : 0;
 }
 
 int rx_conn_peer_addr(const rx_conn *c, rx_addr *out) { return sock_addr(c, out, getpeername); }

@@ -2,6 +2,8 @@
 #ifndef RX_CONN_INTERNAL_H
 #define RX_CONN_INTERNAL_H
 
+#include <stdatomic.h>
+
 #include <rx/channel.h>
 #include <rx/conn.h>
 #include <rx/timer.h>
@@ -26,6 +28,9 @@ enum conn_wr {
     WR_CLOSED, /* the fd is closed */
 };
 
+/* In c->refs: the connection has closed (rx_conn_send_async answers -EPIPE). */
+#define REF_CLOSED (1u << 31)
+
 /* c->reason while no close is under way. */
 #define CLOSE_NONE 0xff
 
@@ -46,7 +51,7 @@ enum {
 
 struct rx_file_queue;
 struct rx_connect_state;
-struct rx_server;
+struct rx_server_shard;
 
 /* The memory of a connection lives in its channel's allocation (rx_channel_new_owner): one block,
  * released at the end of the iteration in which it closed. */
@@ -62,9 +67,11 @@ struct rx_conn {
     rx_timer *close_timer; /* the deadline of a graceful close */
     uint64_t idle_ms, last_active;
     unsigned long long bytes_in, bytes_out;
-    struct rx_server *owner;          /* the server that accepted it, until it lets go */
+    struct rx_server_shard *owner;    /* the server (its part on this loop) that accepted it */
     struct rx_connect_state *connect; /* non-NULL while connecting (connector.c) */
-    int fd;
+    /* References to the memory (the loop's own, plus rx_conn_ref's), and REF_CLOSED once the fd
+     * closed: the one field other threads touch. */
+    _Atomic uint32_t refs;
     uint32_t close_ms; /* deadline of a graceful close */
     int16_t err;       /* on_close's err (a negative errno fits) */
     uint16_t bits;
@@ -88,6 +95,7 @@ static inline bool rx_conn_waiting_write(const rx_conn *c) {
 static inline bool rx_conn_write_pending(const rx_conn *c) {
     return rx_conn_waiting_write(c) || rx_conn_has(c, B_OWE_WRITE);
 }
+static inline int rx_conn_sock(const rx_conn *c) { return rx_channel_fd(c->ch); }
 static inline void rx_conn_touch(rx_conn *c) {
     c->last_active = rx_loop_now_ms(rx_channel_loop(c->ch));
 }
@@ -145,6 +153,6 @@ RX_INTERNAL void rx_connect_on_event(rx_conn *c, uint32_t ready);
 RX_INTERNAL void rx_connect_release(rx_conn *c);
 
 /* Server side (server.c): the connection is being released. */
-RX_INTERNAL void rx_server_conn_released(struct rx_server *s, rx_conn *c);
+RX_INTERNAL void rx_server_conn_released(struct rx_server_shard *sh, rx_conn *c);
 
 #endif

@@ -44,7 +44,7 @@ static ssize_t send_file_range(rx_conn *c, size_t cap) {
     struct rx_file_queue *q = c->files;
     struct rx_file_seg *seg = &q->seg[q->head];
     size_t chunk = seg->len < cap ? seg->len : cap;
-    ssize_t n = rx_sys.sendfile(c->fd, seg->fd, &seg->offset, chunk);
+    ssize_t n = rx_sys.sendfile(rx_conn_sock(c), seg->fd, &seg->offset, chunk);
     if (n == 0) {
         errno = EIO; /* the file shrank under us: the promised bytes cannot come */
         return -1;
@@ -76,7 +76,7 @@ int rx_conn_write_queue(rx_conn *c, size_t cap) {
             size_t limit = seg ? seg->before : rx_buffer_len(&c->out);
             if (limit > cap - written)
                 limit = cap - written;
-            n = rx_sys.send(c->fd, rx_buffer_peek(&c->out), limit, MSG_NOSIGNAL);
+            n = rx_sys.send(rx_conn_sock(c), rx_buffer_peek(&c->out), limit, MSG_NOSIGNAL);
             if (n > 0) {
                 rx_buffer_consume(&c->out, (size_t)n);
                 if (seg) {

@@ -57,7 +57,7 @@ void rx_conn_write_out(rx_conn *c) {
         if (was_waiting && c->cbs->on_drain)
             c->bits |= B_OWE_DRAIN;
         if (c->wr == WR_FLUSH) {
-            shutdown(c->fd, SHUT_WR);
+            shutdown(rx_conn_sock(c), SHUT_WR);
             c->wr = WR_SHUT;
             rx_conn_maybe_finish(c);
             if (rx_conn_is_closed(c))
@@ -110,6 +110,7 @@ static void notify_later(rx_conn *c) {
 static bool rx_conn_can_write(const rx_conn *c) { return c->wr == WR_OPEN && !rx_conn_closing(c); }
 
 int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
     if (!rx_conn_can_write(c))
         return -EPIPE;
     if (iovcnt < 0 || iovcnt > IOV_MAX)
@@ -128,7 +129,7 @@ int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt) {
         struct msghdr msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt};
         ssize_t n;
         do
-            n = rx_sys.sendmsg(c->fd, &msg, MSG_NOSIGNAL);
+            n = rx_sys.sendmsg(rx_conn_sock(c), &msg, MSG_NOSIGNAL);
         while (n < 0 && errno == EINTR);
         if (n < 0 && errno != EAGAIN) {
             int err = -errno;
@@ -176,6 +177,7 @@ int rx_conn_send(rx_conn *c, const void *data, size_t n) {
 }
 
 int rx_conn_sendfile(rx_conn *c, int fd, off_t offset, size_t len) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
     if (!rx_conn_can_write(c) || len == 0 || rx_conn_queue_file(c, fd, offset, len) < 0) {
         close(fd);
         return !rx_conn_can_write(c) ? -EPIPE : len == 0 ? 0 : -ENOMEM;
@@ -186,6 +188,7 @@ int rx_conn_sendfile(rx_conn *c, int fd, off_t offset, size_t len) {
 }
 
 int rx_conn_flush(rx_conn *c) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
     if (rx_conn_is_closed(c))
         return c->err ? c->err : -EPIPE;
     if (!rx_conn_waiting_write(c))
@@ -197,6 +200,7 @@ int rx_conn_flush(rx_conn *c) {
 }
 
 rx_buffer *rx_conn_output(rx_conn *c) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
     /* Appended outside on_data: written before the loop polls again. */
     if (!rx_conn_has(c, B_IN_DATA) && !rx_conn_is_closed(c))
         rx_channel_defer(c->ch);

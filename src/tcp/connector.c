@@ -100,7 +100,7 @@ void rx_connect_on_event(rx_conn *c, uint32_t ready) {
     (void)ready;
     int soerr = 0;
     socklen_t len = sizeof(soerr);
-    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
+    if (getsockopt(rx_conn_sock(c), SOL_SOCKET, SO_ERROR, &soerr, &len) < 0)
         soerr = errno;
     if (soerr != 0) {
         attempt_failed(c, -soerr);

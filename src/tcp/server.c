@@ -1,131 +1,194 @@
-/* rx_server: a listener and the list of its connections, with a connection limit and a graceful
- * stop in two deadlines (let them finish, then close, then abort). */
+/* rx_server: listeners and the connections they accepted, on one loop or spread over a group's
+ * loops, with a connection limit and a graceful stop in two deadlines (let them finish, then close
+ * within a second deadline). Each loop's part of the server (a shard) is touched only by that
+ * loop's thread; the loops talk through their post queues. */
 #include <rx/server.h>
 
 #include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include "conn_internal.h"
 
-struct rx_server {
+/* The part of a server that lives on one loop. */
+struct rx_server_shard {
+    rx_server *s;
     rx_loop *loop;
-    rx_listener *listener;
+    rx_listener *listener; /* reuseport: one per shard; handoff: only on the accepting loop */
+    rx_timer *stop_timer;
+    bool stopping;
+    /* Written by the shard's thread only (load + store), read by any thread. */
+    atomic_size_t count;
+    atomic_ullong accepted;
+    unsigned long long shed; /* the listener's count, once it is gone */
+};
+
+struct rx_server {
+    rx_loop *home; /* accepts (handoff) and runs on_stopped */
+    rx_loop_group *group;
+    rx_spread spread;
+    rx_pick pick;
     rx_addr addr;
     rx_conn_opts conn_opts;
     size_t max_conns;
     const rx_conn_callbacks *cbs;
     void *arg;
     void (*on_shed)(rx_listener *l, void *arg);
-    size_t count; /* connections whose owner is this server */
-    unsigned long long accepted;
-    unsigned long long shed; /* the listener's count, once it is gone */
+    unsigned nshards;
+    struct rx_server_shard *shards;
+    /* Handoff over a group: the one listener, on home, hands connections to the shards. */
+    struct rx_server_shard acceptor;
 
-    /* Graceful stop: when deadline_ms has passed, the connections still open are closed, each
-     * within another deadline_ms (after which rx_conn aborts it). */
+    /* Graceful stop: when deadline_ms has passed, each shard closes its connections, each within
+     * another deadline_ms (after which rx_conn aborts it). */
     bool stopping;
     uint64_t deadline_ms;
-    rx_timer *stop_timer;
+    atomic_uint busy_shards; /* shards not done stopping */
     rx_task_fn on_stopped;
     void *stopped_arg;
 };
 
-static void stopped(rx_server *s) {
-    rx_timer_stop(s->stop_timer);
-    if (s->on_stopped) {
-        rx_task_fn fn = s->on_stopped;
-        s->on_stopped = NULL;
-        /* Posted, so it never runs inside rx_server_stop or a connection's teardown. */
-        if (rx_loop_post(s->loop, fn, s->stopped_arg) < 0)
-            fn(s->stopped_arg);
+static void bump(atomic_size_t *v, long delta) {
+    size_t n = atomic_load_explicit(v, memory_order_relaxed);
+    atomic_store_explicit(v, n + (size_t)delta, memory_order_relaxed);
+}
+
+/* ---- connections -------------------------------------------------------------------------- */
+
+static size_t total_count(const rx_server *s) {
+    size_t n = 0;
+    for (unsigned i = 0; i < s->nshards; i++)
+        n += atomic_load_explicit(&s->shards[i].count, memory_order_relaxed);
+    return n;
+}
+
+/* A new connection on the shard's loop (its thread). */
+static void adopt(struct rx_server_shard *sh, int fd) {
+    rx_server *s = sh->s;
+    if (sh->stopping || (s->max_conns && total_count(s) >= s->max_conns)) {
+        close(fd); /* over the limit: the client sees its connection end at once */
+        return;
     }
+    rx_conn *c = rx_conn_create(sh->loop, fd, false, &s->conn_opts, s->cbs, s->arg);
+    if (!c)
+        return;
+    c->owner = sh;
+    bump(&sh->count, 1);
+    unsigned long long a = atomic_load_explicit(&sh->accepted, memory_order_relaxed);
+    atomic_store_explicit(&sh->accepted, a + 1, memory_order_relaxed);
+    if (s->cbs->on_open)
+        s->cbs->on_open(c, c->arg);
 }
 
-void rx_server_conn_released(rx_server *s, rx_conn *c) {
-    c->owner = NULL;
-    s->count--;
-    if (s->stopping && s->count == 0)
-        stopped(s);
+struct handoff {
+    struct rx_server_shard *sh;
+    int fd;
+};
+
+static void handoff_run(void *arg) {
+    struct handoff *h = arg;
+    adopt(h->sh, h->fd);
+    rx_sys.free(h);
 }
 
-/* The user's on_shed gets the server's arg, not the server. */
-static void on_shed(rx_listener *l, void *arg) {
-    rx_server *s = arg;
-    s->on_shed(l, s->arg);
+/* The target loop was freed first: the fd is still ours to close. */
+static void handoff_drop(void *arg) {
+    struct handoff *h = arg;
+    close(h->fd);
+    rx_sys.free(h);
+}
+
+static struct rx_server_shard *shard_of(rx_server *s, rx_loop *loop) {
+    for (unsigned i = 0; i < s->nshards; i++)
+        if (s->shards[i].loop == loop)
+            return &s->shards[i];
+    return NULL;
 }
 
 static void on_accept(rx_listener *l, int fd, const rx_addr *peer, void *arg) {
     (void)l;
     (void)peer;
-    rx_server *s = arg;
-    if (s->max_conns && s->count >= s->max_conns) {
-        close(fd); /* over the limit: the client sees its connection end at once */
-        return;
+    struct rx_server_shard *sh = arg;
+    rx_server *s = sh->s;
+    if (sh == &s->acceptor) {
+        sh = shard_of(s, rx_loop_group_pick(s->group, s->pick));
+        if (sh->loop != s->home) {
+            struct handoff *h = rx_sys.malloc(sizeof(*h));
+            if (h)
+                *h = (struct handoff){sh, fd};
+            if (!h || rx_loop_post_drop(sh->loop, handoff_run, handoff_drop, h) < 0) {
+                rx_sys.free(h);
+                close(fd);
+            }
+            return;
+        }
     }
-    rx_conn *c = rx_conn_create(s->loop, fd, false, &s->conn_opts, s->cbs, s->arg);
-    if (!c)
-        return;
-    c->owner = s;
-    s->count++;
-    s->accepted++;
-    if (s->cbs->on_open)
-        s->cbs->on_open(c, c->arg);
+    adopt(sh, fd);
 }
 
-/* Calls fn on every connection of the server (fn may close it). */
-static void each_conn(rx_server *s, void (*fn)(rx_server *s, rx_conn *c)) {
+/* The user's on_shed gets the server's arg, not the shard. */
+static void on_shed(rx_listener *l, void *arg) {
+    struct rx_server_shard *sh = arg;
+    sh->s->on_shed(l, sh->s->arg);
+}
+
+/* Calls fn on every connection of the shard (fn may close it). Its loop's thread. */
+static void each_conn(struct rx_server_shard *sh, void (*fn)(struct rx_server_shard *, rx_conn *)) {
     rx_conn *next;
-    for (rx_conn *c = rx_conn_next(s->loop, NULL); c; c = next) {
-        next = rx_conn_next(s->loop, c);
-        if (c->owner == s)
-            fn(s, c);
+    for (rx_conn *c = rx_conn_next(sh->loop, NULL); c; c = next) {
+        next = rx_conn_next(sh->loop, c);
+        if (c->owner == sh)
+            fn(sh, c);
     }
 }
 
-static void close_conn(rx_server *s, rx_conn *c) { rx_conn_close_within(c, s->deadline_ms); }
+/* ---- graceful stop ------------------------------------------------------------------------ */
+
+/* A shard has no connection left; the last one reports to the server's loop. */
+static void shard_done(struct rx_server_shard *sh) {
+    rx_timer_stop(sh->stop_timer);
+    rx_server *s = sh->s;
+    if (atomic_fetch_sub_explicit(&s->busy_shards, 1, memory_order_acq_rel) != 1 || !s->on_stopped)
+        return;
+    /* Posted, so it never runs inside rx_server_stop or a connection's teardown. */
+    if (rx_loop_post(s->home, s->on_stopped, s->stopped_arg) < 0 && sh->loop == s->home)
+        s->on_stopped(s->stopped_arg);
+}
+
+void rx_server_conn_released(struct rx_server_shard *sh, rx_conn *c) {
+    c->owner = NULL;
+    bump(&sh->count, -1);
+    if (sh->stopping && atomic_load_explicit(&sh->count, memory_order_relaxed) == 0)
+        shard_done(sh);
+}
+
+static void close_conn(struct rx_server_shard *sh, rx_conn *c) {
+    rx_conn_close_within(c, sh->s->deadline_ms);
+}
 
 static void on_stop_timer(rx_timer *t, void *arg) {
     (void)t;
     each_conn(arg, close_conn);
 }
 
-rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts) {
-    static const rx_conn_callbacks no_callbacks;
-    if (!opts || !opts->listen) {
-        errno = EINVAL;
-        return NULL;
-    }
-    rx_server *s = rx_sys.calloc(1, sizeof(*s));
-    if (!s) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    s->loop = loop;
-    s->conn_opts = opts->conn;
-    s->max_conns = opts->max_conns;
-    s->cbs = opts->cbs ? opts->cbs : &no_callbacks;
-    s->arg = opts->arg;
-    s->on_shed = opts->listener.on_shed;
-    rx_listener_opts lo = opts->listener;
-    lo.on_shed = s->on_shed ? on_shed : NULL;
-    s->stop_timer = rx_timer_new(loop, on_stop_timer, s);
-    if (s->stop_timer)
-        s->listener = rx_listener_new(loop, opts->listen, &lo, on_accept, s);
-    if (!s->listener) {
-        int err = s->stop_timer ? errno : ENOMEM;
-        rx_timer_free(s->stop_timer);
-        rx_sys.free(s);
-        errno = err;
-        return NULL;
-    }
-    s->addr = *rx_listener_addr(s->listener);
-    return s;
+static void free_listener(rx_listener **l, unsigned long long *shed) {
+    if (!*l)
+        return;
+    *shed = rx_listener_shed(*l);
+    rx_listener_free(*l);
+    *l = NULL;
 }
 
-const rx_addr *rx_server_addr(const rx_server *s) { return &s->addr; }
-size_t rx_server_conn_count(const rx_server *s) { return s->count; }
-unsigned long long rx_server_accepted(const rx_server *s) { return s->accepted; }
-unsigned long long rx_server_shed(const rx_server *s) {
-    return s->listener ? rx_listener_shed(s->listener) : s->shed;
+/* The shard's part of a stop, on its loop's thread. */
+static void shard_stop(void *arg) {
+    struct rx_server_shard *sh = arg;
+    sh->stopping = true;
+    free_listener(&sh->listener, &sh->shed);
+    if (atomic_load_explicit(&sh->count, memory_order_relaxed) == 0)
+        shard_done(sh);
+    else
+        rx_timer_start(sh->stop_timer, sh->s->deadline_ms, 0);
 }
 
 void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, void *arg) {
@@ -135,27 +198,137 @@ void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, v
     s->on_stopped = on_stopped;
     s->stopped_arg = arg;
     s->deadline_ms = deadline_ms;
-    s->shed = rx_listener_shed(s->listener);
-    rx_listener_free(s->listener);
-    s->listener = NULL;
-    if (s->count == 0)
-        stopped(s);
-    else
-        rx_timer_start(s->stop_timer, deadline_ms, 0);
+    atomic_store(&s->busy_shards, s->nshards);
+    free_listener(&s->acceptor.listener, &s->acceptor.shed);
+    /* Connections handed off before this are created before their shard's stop: both were
+     * posted by this thread, in this order. */
+    for (unsigned i = 0; i < s->nshards; i++) {
+        struct rx_server_shard *sh = &s->shards[i];
+        if (sh->loop == s->home)
+            shard_stop(sh);
+        else if (rx_loop_post(sh->loop, shard_stop, sh) < 0)
+            fprintf(stderr, "rx: rx_server_stop: out of memory, a loop keeps its connections\n");
+    }
+}
+
+/* ---- life --------------------------------------------------------------------------------- */
+
+/* A listener on the shard's loop, on addr. */
+static rx_listener *listen_on(rx_server *s, struct rx_server_shard *sh, const char *addr,
+                              const rx_server_opts *opts) {
+    rx_listener_opts lo = opts->listener;
+    lo.on_shed = s->on_shed ? on_shed : NULL;
+    if (s->group && s->spread == RX_SPREAD_REUSEPORT)
+        lo.reuseport = true;
+    return rx_listener_new(sh->loop, addr, &lo, on_accept, sh);
+}
+
+/* The listeners: one on home (a shard's, or the acceptor's for a handoff over a group), or one
+ * per loop on the same port (the first one's, when port 0 let the kernel choose). Returns 0 or a
+ * negative errno. */
+static int start_listening(rx_server *s, const rx_server_opts *opts) {
+    if (!s->group || s->spread == RX_SPREAD_HANDOFF) {
+        struct rx_server_shard *sh = s->group ? &s->acceptor : &s->shards[0];
+        if (!(sh->listener = listen_on(s, sh, opts->listen, opts)))
+            return -errno;
+        s->addr = *rx_listener_addr(sh->listener);
+        return 0;
+    }
+    char addr[RX_ADDR_STRLEN];
+    for (unsigned i = 0; i < s->nshards; i++) {
+        struct rx_server_shard *sh = &s->shards[i];
+        sh->listener = listen_on(s, sh, i == 0 ? opts->listen : addr, opts);
+        if (!sh->listener)
+            return -errno;
+        if (i == 0) {
+            s->addr = *rx_listener_addr(sh->listener);
+            rx_addr_format(&s->addr, addr, sizeof(addr));
+        }
+    }
+    return 0;
+}
+
+rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts) {
+    static const rx_conn_callbacks no_callbacks;
+    if (!opts || !opts->listen || (!loop && !opts->group)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    rx_server *s = rx_sys.calloc(1, sizeof(*s));
+    unsigned n = opts->group ? rx_loop_group_size(opts->group) : 1;
+    if (!s || !(s->shards = rx_sys.calloc(n, sizeof(*s->shards)))) {
+        rx_sys.free(s);
+        errno = ENOMEM;
+        return NULL;
+    }
+    s->group = opts->group;
+    s->home = loop ? loop : rx_loop_group_loop(opts->group, 0);
+    s->spread = opts->spread;
+    s->pick = opts->pick;
+    s->conn_opts = opts->conn;
+    s->max_conns = opts->max_conns;
+    s->cbs = opts->cbs ? opts->cbs : &no_callbacks;
+    s->arg = opts->arg;
+    s->on_shed = opts->listener.on_shed;
+    s->acceptor = (struct rx_server_shard){.s = s, .loop = s->home};
+    int rc = 0;
+    for (s->nshards = 0; s->nshards < n && rc == 0; s->nshards++) {
+        struct rx_server_shard *sh = &s->shards[s->nshards];
+        sh->s = s;
+        sh->loop = s->group ? rx_loop_group_loop(s->group, s->nshards) : loop;
+        atomic_init(&sh->count, 0);
+        atomic_init(&sh->accepted, 0);
+        if (!(sh->stop_timer = rx_timer_new(sh->loop, on_stop_timer, sh)))
+            rc = -ENOMEM;
+    }
+    if (rc == 0)
+        rc = start_listening(s, opts);
+    if (rc < 0) {
+        rx_server_free(s);
+        errno = -rc;
+        return NULL;
+    }
+    return s;
+}
+
+const rx_addr *rx_server_addr(const rx_server *s) { return &s->addr; }
+size_t rx_server_conn_count(const rx_server *s) { return total_count(s); }
+
+unsigned long long rx_server_accepted(const rx_server *s) {
+    unsigned long long n = 0;
+    for (unsigned i = 0; i < s->nshards; i++)
+        n += atomic_load_explicit(&s->shards[i].accepted, memory_order_relaxed);
+    return n;
+}
+
+static unsigned long long shard_shed(const struct rx_server_shard *sh) {
+    return sh->listener ? rx_listener_shed(sh->listener) : sh->shed;
+}
+
+unsigned long long rx_server_shed(const rx_server *s) {
+    unsigned long long n = shard_shed(&s->acceptor);
+    for (unsigned i = 0; i < s->nshards; i++)
+        n += shard_shed(&s->shards[i]);
+    return n;
 }
 
 /* The connection outlives the server until its on_close: it forgets its owner first. */
-static void abort_conn(rx_server *s, rx_conn *c) {
+static void abort_conn(struct rx_server_shard *sh, rx_conn *c) {
     c->owner = NULL;
-    s->count--;
+    bump(&sh->count, -1);
     rx_conn_abort(c);
 }
 
 void rx_server_free(rx_server *s) {
     if (!s)
         return;
-    rx_listener_free(s->listener);
-    each_conn(s, abort_conn);
-    rx_timer_free(s->stop_timer);
+    rx_listener_free(s->acceptor.listener);
+    for (unsigned i = 0; i < s->nshards; i++) {
+        struct rx_server_shard *sh = &s->shards[i];
+        rx_listener_free(sh->listener);
+        each_conn(sh, abort_conn);
+        rx_timer_free(sh->stop_timer);
+    }
+    rx_sys.free(s->shards);
     rx_sys.free(s);
 }
