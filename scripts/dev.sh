@@ -5,8 +5,10 @@
 #   scripts/dev.sh run [ARGS]  release build in build-run/, then run the demo server on
 #                              127.0.0.1:8080 (extra ARGS go to the server)
 #   scripts/dev.sh test        deps, then: a plain and an ASan+UBSan build (both --werror) with
-#                              all their tests, and the unit suites under valgrind; prints every
-#                              libcheck summary and one closing line "N passed, N failed"
+#                              all their tests, the unit suites under valgrind, a TSan build
+#                              with the unit and integration tests (apps on 4 threads) and the
+#                              fuzz pass; prints every libcheck summary and one closing line
+#                              "N passed, N failed"
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -19,7 +21,7 @@ deps_packages=(meson ninja-build pkg-config check gcc libc6-dev python3 curl lib
     clang libclang-rt-dev)
 
 usage() {
-    sed -n '2,9s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 log() { printf '\n=== %s\n' "$*"; }
@@ -113,9 +115,9 @@ test_pass() {
     printf '%s\t%s\t%s\n' "$label" "$json" "$rc" >>"$manifest"
 }
 
-# build_pass LABEL DIR SETUP-ARGS...: fresh configure + build + all tests. Returns 1 if the
-# build failed.
-build_pass() {
+# build_dir LABEL DIR SETUP-ARGS...: fresh configure + build. Returns 1 (and records the pass as
+# failed) if the build failed.
+build_dir() {
     local label=$1 dir=$2
     shift 2
     log "[$label] meson setup $dir $*"
@@ -124,7 +126,13 @@ build_pass() {
         printf '%s\t-\tbuild-failed\n' "$label" >>"$manifest"
         return 1
     fi
-    test_pass "$label" "$dir" testlog.json --print-errorlogs --num-processes 2
+}
+
+# build_pass LABEL DIR SETUP-ARGS...: fresh configure + build + all tests. Returns 1 if the
+# build failed.
+build_pass() {
+    build_dir "$@" || return 1
+    test_pass "$1" "$2" testlog.json --print-errorlogs --num-processes 2
 }
 
 summarize() {
@@ -239,6 +247,15 @@ cmd_test() {
             --print-errorlogs --num-processes 2
     else
         echo "[valgrind] skipped: the plain build failed" >&2
+    fi
+    # ThreadSanitizer: the unit suites (the group and threads suites among them) and both apps'
+    # integration tests, every app server running 4 loops (RX_TEST_THREADS adds --threads 4).
+    # halt_on_error makes any report end its process with status 66: the libcheck test (or the
+    # integration test, which also scans the server's stderr for reports) fails.
+    if build_dir tsan build-ci-tsan "${common[@]}" -Db_sanitize=thread -Db_lundef=false; then
+        RX_TEST_THREADS=4 TSAN_OPTIONS='halt_on_error=1 exitcode=66 second_deadlock_stack=1' \
+            test_pass tsan build-ci-tsan testlog.json --suite unit --suite integration \
+            --print-errorlogs --num-processes 2
     fi
     # The HTTP parser under libFuzzer (clang): the seed corpus, then a 60 s campaign.
     CC=clang build_pass fuzz build-ci-fuzz --werror -Dbuildtype=debugoptimized -Dfuzz=true \

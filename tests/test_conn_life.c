@@ -386,18 +386,23 @@ END_TEST
 
 /* ---- on_close: never inside a call of the user's ---- */
 
-/* issue 9: rx_conn_abort, and rx_conn_close with nothing queued and a quiet peer (which closes at
- * once), leave on_close to the loop; the next rx_loop_run_once(loop, -1) does not wait for an
- * event before running it (on_close used to run inside the call). */
+/* issue 9: rx_conn_abort, and rx_conn_close with nothing queued once the peer has ended its side
+ * (which closes at once), leave on_close to the loop; the next rx_loop_run_once(loop, -1) does
+ * not wait for an event before running it (on_close used to run inside the call). */
 START_TEST(test_on_close_never_inside_user_call) {
     rx_loop *loop = rx_loop_new();
     tu_tr t1 = {0}, t2 = {0};
     int b1, b2;
     rx_conn *c1 = tu_conn_pair(loop, false, NULL, &tu_tr_cbs, &t1, &b1);
-    rx_conn *c2 = tu_conn_pair(loop, false, NULL, &tu_tr_cbs, &t2, &b2);
+    static const rx_conn_callbacks eof_cbs = {
+        .on_data = tu_tr_data, .on_eof = tu_tr_eof, .on_close = tu_tr_close};
+    rx_conn *c2 = tu_conn_pair(loop, false, NULL, &eof_cbs, &t2, &b2);
     rx_conn_abort(c1);
     ck_assert_int_eq(t1.closes, 0);
     ck_assert_int_eq(rx_conn_get_state(c1), RX_CONN_CLOSED);
+    /* c2's peer ends its side and c2 reads that end (its on_eof keeps it open). */
+    shutdown(b2, SHUT_WR);
+    ck_assert(tu_run_until_count(loop, &t2.eofs, 1, 1000));
     rx_conn_close(c2);
     ck_assert_int_eq(t2.closes, 0);
     ck_assert_int_eq(rx_conn_get_state(c2), RX_CONN_CLOSED);

@@ -538,12 +538,12 @@ START_TEST(test_item20_send_then_close_while_connecting) {
     ck_assert_msg(p.eof && p.n == n, "server got %llu of %zu bytes, then %s", p.n, n,
                   p.eof ? "EOF" : strerror(p.err));
     ck_assert_int_eq(p.bad, -1);
+    tu_peer_free(&p); /* the server ends its side too: the client's linger ends */
     ck_assert(tu_run_until_fn(loop, tu_tr_closed, &k, 2000, 5));
     ck_assert_msg(k.reason == RX_CLOSE_LOCAL || k.reason == RX_CLOSE_PEER, "closed with %d (%d)",
                   k.reason, k.err);
     ck_assert_int_eq(k.err, 0);
     ck_assert_int_eq(k.opens, 0);
-    tu_peer_free(&p);
     rx_loop_free(loop);
     close(lfd);
 }

@@ -44,6 +44,7 @@ static struct srv {
     rx_server *free_in_data; /* on_data frees this server */
     rx_server *stop_in_data; /* on_data stops this server */
     int stopped;             /* on_stopped calls */
+    int stop_calls;          /* on_stop calls */
     int closes_at_stopped;   /* closes seen when on_stopped ran */
     unsigned long long stopped_ms;
 } S;
@@ -414,6 +415,39 @@ START_TEST(test_stop_refuses_new_closes_idle_after_deadline) {
     tu_run_for(loop, 100);
     ck_assert_int_eq(S.stopped, 1);
     close(a);
+    rx_server_free(s);
+    rx_loop_free(loop);
+}
+END_TEST
+
+/* on_stop tells each connection first: one that closes at once (an idle keep-alive connection)
+ * does not wait for the deadline (issue 12's "server stop tells the application first"). */
+static void close_on_stop(rx_conn *c, void *arg) {
+    (void)arg;
+    S.stop_calls++;
+    rx_conn_close(c);
+}
+
+START_TEST(test_stop_tells_conns_first) {
+    srv_reset();
+    rx_loop *loop = rx_loop_new();
+    static const rx_conn_callbacks cbs = {
+        .on_open = s_open, .on_data = s_data, .on_stop = close_on_stop, .on_close = s_close};
+    rx_server_opts o = {.cbs = &cbs};
+    rx_server *s = server_new(loop, &o);
+    int cl[3];
+    connect_clients(loop, tu_server_port(s), cl, 3);
+    unsigned long long t0 = tu_now_ms();
+    rx_server_stop(s, 5000, on_stopped, &S);
+    for (int i = 0; i < 3; i++) { /* each sees its end at once, and hangs up */
+        int err;
+        ck_assert(client_sees_end(loop, cl[i], 1000, &err));
+        close(cl[i]);
+    }
+    ck_assert(tu_run_until_fn(loop, stopped, NULL, 2000, 5));
+    ck_assert_int_eq(S.stop_calls, 3);
+    ck_assert_int_eq(S.closes, 3);
+    ck_assert_uint_lt(S.stopped_ms - t0, 1000); /* not the 5 s deadline */
     rx_server_free(s);
     rx_loop_free(loop);
 }
@@ -845,6 +879,7 @@ static Suite *server_suite(void) {
     tcase_add_test(tc, test_idle_timeout_only_idle);
     tcase_add_test(tc, test_stop_refuses_new_closes_idle_after_deadline);
     tcase_add_test(tc, test_stop_finishes_when_conns_leave);
+    tcase_add_test(tc, test_stop_tells_conns_first);
     tcase_add_test(tc, test_stop_without_conns);
     tcase_add_test(tc, test_stop_aborts_conn_that_cannot_drain);
     tcase_add_test(tc, test_stop_from_callback);

@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -13,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -228,20 +231,23 @@ void tu_guard_free(tu_guard *g) {
  * chunk and a repeated lap show. */
 #define TU_PAT_LEN 65521u
 
-static const unsigned char *pattern_table(void) {
-    static unsigned char table[TU_PAT_LEN];
-    static bool ready;
-    if (!ready) {
-        unsigned x = 2463534242u;
-        for (unsigned i = 0; i < TU_PAT_LEN; i++) {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            table[i] = (unsigned char)x;
-        }
-        ready = true;
+static unsigned char pattern[TU_PAT_LEN];
+
+static void pattern_init(void) {
+    unsigned x = 2463534242u;
+    for (unsigned i = 0; i < TU_PAT_LEN; i++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        pattern[i] = (unsigned char)x;
     }
-    return table;
+}
+
+/* Built once, whichever thread gets here first (tests check the stream on several threads). */
+static const unsigned char *pattern_table(void) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, pattern_init);
+    return pattern;
 }
 
 void tu_pattern_fill(void *buf, unsigned long long off, size_t n) {
@@ -515,6 +521,130 @@ bool tu_peer_done_and_closed(void *duo) {
 bool tu_tr_has(void *duo) {
     tu_duo *d = duo;
     return rx_buffer_len(&d->t->in) >= d->want || d->t->closes > 0;
+}
+
+/* ---- threads and loop groups ---- */
+
+bool tu_forking(void) {
+    const char *f = getenv("CK_FORK");
+    return !(f && strcmp(f, "no") == 0);
+}
+
+unsigned tu_cpu_count(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    ck_assert_int_eq(sched_getaffinity(0, sizeof(set), &set), 0);
+    return (unsigned)CPU_COUNT(&set);
+}
+
+bool tu_raise_nofile(unsigned long want) {
+    struct rlimit rl;
+    ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    }
+    return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want;
+}
+
+static void nap(void) {
+    struct timespec ts = {.tv_nsec = 200 * 1000};
+    nanosleep(&ts, NULL);
+}
+
+bool tu_wait_atomic(atomic_int *v, int want, int max_ms) {
+    unsigned long long deadline = tu_now_ms() + (unsigned long long)max_ms;
+    while (atomic_load(v) < want && tu_now_ms() < deadline)
+        nap();
+    return atomic_load(v) >= want;
+}
+
+bool tu_wait_fn(bool (*fn)(void *arg), void *arg, int max_ms) {
+    unsigned long long deadline = tu_now_ms() + (unsigned long long)max_ms;
+    while (!fn(arg) && tu_now_ms() < deadline)
+        nap();
+    return fn(arg);
+}
+
+/* A call made on another thread: what it runs and whether it returned. */
+struct tu_call {
+    rx_task_fn fn;
+    void *arg;
+    atomic_int done;
+};
+
+static void call_run(void *arg) {
+    struct tu_call *call = arg;
+    call->fn(call->arg);
+    atomic_store(&call->done, 1);
+}
+
+void tu_on_loop(rx_loop *loop, rx_task_fn fn, void *arg, int max_ms) {
+    /* Static, not on the stack: a task that misses the deadline may still run after this returns
+     * (the test fails then, and the loop must not write into a dead frame). */
+    static struct tu_call calls[64];
+    static atomic_uint next;
+    struct tu_call *call = &calls[atomic_fetch_add(&next, 1) % 64];
+    call->fn = fn;
+    call->arg = arg;
+    atomic_store(&call->done, 0);
+    ck_assert_int_eq(rx_loop_post(loop, call_run, call), 0);
+    ck_assert_msg(tu_wait_atomic(&call->done, 1, max_ms),
+                  "a task posted to a loop did not run in %d ms", max_ms);
+}
+
+static void *call_thread(void *arg) {
+    call_run(arg);
+    return NULL;
+}
+
+bool tu_call_within(rx_task_fn fn, void *arg, int max_ms) {
+    struct tu_call *call = malloc(sizeof(*call));
+    ck_assert_ptr_nonnull(call);
+    call->fn = fn;
+    call->arg = arg;
+    atomic_init(&call->done, 0);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, call_thread, call), 0);
+    if (!tu_wait_atomic(&call->done, 1, max_ms)) {
+        pthread_detach(t); /* call stays allocated: the thread still uses it */
+        return false;
+    }
+    ck_assert_int_eq(pthread_join(t, NULL), 0);
+    free(call);
+    return true;
+}
+
+struct group_join {
+    rx_loop_group *g;
+    int rc;
+};
+
+static void group_join(void *arg) {
+    struct group_join *j = arg;
+    j->rc = rx_loop_group_join(j->g);
+}
+
+int tu_group_join_within(rx_loop_group *g, int max_ms) {
+    static struct group_join j; /* static: outlives a join that missed the deadline */
+    j = (struct group_join){.g = g, .rc = 1};
+    ck_assert_msg(tu_call_within(group_join, &j, max_ms),
+                  "the group's threads did not end in %d ms", max_ms);
+    return j.rc;
+}
+
+int tu_group_index(const rx_loop_group *g, const rx_loop *loop) {
+    for (unsigned i = 0; i < rx_loop_group_size(g); i++)
+        if (rx_loop_group_loop(g, i) == loop)
+            return (int)i;
+    return -1;
+}
+
+static void note_self(void *arg) { *(pthread_t *)arg = pthread_self(); }
+
+void tu_group_threads(rx_loop_group *g, pthread_t *out) {
+    for (unsigned i = 0; i < rx_loop_group_size(g); i++)
+        tu_on_loop(rx_loop_group_loop(g, i), note_self, &out[i], 5000);
 }
 
 /* ---- fault injection ---- */

@@ -4,8 +4,11 @@
 #define RX_TESTUTIL_H
 
 #include <check.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+
+#include <pthread.h>
 
 #include <rx/rx.h>
 
@@ -229,6 +232,46 @@ bool tu_peer_done(void *peer);           /* tu_peer_read: EOF or error seen */
 bool tu_peer_has(void *duo);             /* the peer read `want` bytes, or its stream ended */
 bool tu_peer_done_and_closed(void *duo); /* the peer's stream ended and on_close ran */
 bool tu_tr_has(void *duo);               /* on_data got `want` bytes, or on_close ran */
+
+/* ---- threads and loop groups ---- */
+
+/* Whether libcheck runs each test in a child (CK_FORK is not "no"): tests that must die (abort)
+ * are only registered then, since under CK_FORK=no (valgrind) they would end the whole run. */
+bool tu_forking(void);
+
+/* CPUs this process may run on (sched_getaffinity). */
+unsigned tu_cpu_count(void);
+
+/* Raises the soft RLIMIT_NOFILE to the hard limit. Returns true when that allows at least `want`
+ * fds (else the caller skips, saying why). */
+bool tu_raise_nofile(unsigned long want);
+
+/* Sleeps in steps of 0.2 ms until *v >= want or max_ms pass (no loop is run: the loops run on
+ * their own threads). Returns true when *v reached want. */
+bool tu_wait_atomic(atomic_int *v, int want, int max_ms);
+
+/* Like tu_wait_atomic, for any condition: fn(arg) is polled. Returns its last result. */
+bool tu_wait_fn(bool (*fn)(void *arg), void *arg, int max_ms);
+
+/* Runs fn(arg) on the thread of a running loop and waits up to max_ms until it returned; fails the
+ * test when it did not. fn must not call ck_assert (it is not the test's thread): report through
+ * atomics instead. */
+void tu_on_loop(rx_loop *loop, rx_task_fn fn, void *arg, int max_ms);
+
+/* Runs fn(arg) on a new thread and waits up to max_ms for it to return (then joins it): a bound on
+ * a call that blocks, such as rx_loop_group_join. Returns false when it did not return in time
+ * (the thread is left running; the test is failing anyway). */
+bool tu_call_within(rx_task_fn fn, void *arg, int max_ms);
+
+/* rx_loop_group_join bounded by max_ms: fails the test when the threads did not all end in time;
+ * else returns what join returned. */
+int tu_group_join_within(rx_loop_group *g, int max_ms);
+
+/* The index of loop in g, or -1 when it is none of g's loops. */
+int tu_group_index(const rx_loop_group *g, const rx_loop *loop);
+
+/* pthread_self() of the thread running each loop of a started group, into out[0 .. size). */
+void tu_group_threads(rx_loop_group *g, pthread_t *out);
 
 /* ---- fault injection (rx_sys; restore with rx_sys_reset or tu_teardown) ---- */
 

@@ -74,6 +74,10 @@ typedef struct rx_conn_callbacks {
      * stays open and the owner decides (answer and close, or wait again: the timeout restarts);
      * when NULL, rx closes with RX_CLOSE_TIMEOUT. */
     void (*on_timeout)(rx_conn *c, void *arg);
+    /* The server that accepted the connection began a graceful stop (rx_server_stop): finish
+     * what is in progress and close (an idle keep-alive connection can close at once). When
+     * NULL, the connection goes on until it closes or the stop's deadline passes. */
+    void (*on_stop)(rx_conn *c, void *arg);
     /* Last callback, exactly once, at the end of the iteration in which the connection closed
      * (also when it closed outside rx_loop_run: then at the end of the next iteration), or in
      * rx_loop_free. err is 0 or a negative errno. The connection memory is released after it

@@ -122,18 +122,10 @@ static void abort_now(rx_conn *c, rx_close_reason reason, int err) {
     rx_conn_close_now(c, reason, err);
 }
 
-/* Whether the peer has sent nothing we have not read (nor ended its stream). */
-static bool peer_quiet(const rx_conn *c) {
-    char b;
-    return recv(rx_conn_sock(c), &b, 1, MSG_PEEK | MSG_DONTWAIT) < 0 && errno == EAGAIN;
-}
-
-/* Closes once both sides ended. A closing connection whose peer sent nothing since the close
- * began, and has nothing on the way, need not wait for the peer's end: no reset can follow. */
+/* Closes once both sides ended. A peer that is quiet now may still send later; a close before
+ * its end would answer that with a reset, which destroys what it has not read of ours yet. */
 void rx_conn_maybe_finish(rx_conn *c) {
-    if (c->wr != WR_SHUT)
-        return;
-    if (c->rd == RD_EOF || (c->rd == RD_DRAIN && !rx_conn_has(c, B_DROPPED) && peer_quiet(c)))
+    if (c->wr == WR_SHUT && c->rd == RD_EOF)
         rx_conn_close_now(c, rx_conn_closing(c) ? (rx_close_reason)c->reason : RX_CLOSE_PEER,
                           c->err);
 }
@@ -177,8 +169,6 @@ static void start_close(rx_conn *c, rx_close_reason reason, uint64_t ms) {
     }
     if (c->rd == RD_OPEN || c->rd == RD_PAUSED) {
         c->rd = RD_DRAIN;
-        if (c->in && rx_buffer_len(c->in) > 0)
-            c->bits |= B_DROPPED;
         if (!rx_conn_has(c, B_IN_DATA)) /* else deliver drops it when on_data returns */
             free_input(c);
     }
@@ -234,8 +224,6 @@ static void deliver(rx_conn *c, rx_buffer *buf) {
         rx_buffer_consume(buf, rx_buffer_len(buf));
     }
     c->in = scratch ? NULL : buf;
-    if (c->rd == RD_DRAIN && rx_buffer_len(buf) > 0)
-        c->bits |= B_DROPPED;
     bool keep = !rx_conn_is_closed(c) && c->rd != RD_DRAIN &&
                 (rx_buffer_len(buf) > 0 || rx_conn_has(c, B_OWN_BUFFERS));
     if (scratch) {
@@ -294,9 +282,7 @@ static ssize_t read_once(rx_conn *c) {
             deliver(c, &tmp);
         } else if (c->rd == RD_OPEN) {
             deliver(c, c->in);
-        } else {
-            c->bits |= B_DROPPED; /* closing: read and dropped */
-        }
+        } /* else closing: read and dropped */
     } else if (n == 0) {
         peer_eof(c);
     } else if (n != -EAGAIN) {

@@ -45,8 +45,7 @@ enum {
     B_OWE_DRAIN = 1u << 6,  /* on_drain is due */
     B_OWE_INPUT = 1u << 7,  /* buffered input is due to on_data (after a resume) */
     B_OWE_READ = 1u << 8,   /* an edge-triggered read stopped at its cap: more is waiting */
-    B_DROPPED = 1u << 9,    /* closing dropped input the peer sent: it may send more */
-    B_OWE_WRITE = 1u << 10, /* a write stopped at its cap: the rest waits for its turn */
+    B_OWE_WRITE = 1u << 9,  /* a write stopped at its cap: the rest waits for its turn */
 };
 
 struct rx_file_queue;

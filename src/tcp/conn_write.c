@@ -172,6 +172,7 @@ int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt) {
 }
 
 int rx_conn_send(rx_conn *c, const void *data, size_t n) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
     struct iovec iov = {.iov_base = (void *)data, .iov_len = n};
     return rx_conn_sendv(c, &iov, 1);
 }
