@@ -1,14 +1,18 @@
-/* What rx-echo and rx-http share: number options, and --tune, the switches that turn one C10K
- * technique off so bench/run can measure what each is worth (docs/c10k.md). */
+/* What rx-echo and rx-http share: number options, --threads and --spread, the life of a server on
+ * a loop group (signals, stop, join), and --tune, the switches that turn one C10K technique off so
+ * bench/run can measure what each is worth (docs/c10k.md). */
 #ifndef RX_APPS_APP_H
 #define RX_APPS_APP_H
 
 #include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 
 #include <rx/rx.h>
 
@@ -40,26 +44,120 @@ static inline unsigned long long app_raise_nofile(void) {
     return (unsigned long long)rl.rlim_cur;
 }
 
-/* A warning when the listener sheds connections for lack of fds: at most one line a second, with
- * the count since the last one. */
+/* A warning when a listener sheds connections for lack of fds: at most one line a second for the
+ * whole process, with the count since the last one. With SO_REUSEPORT every loop has a listener,
+ * so this runs on several threads: the counters are atomic and one compare-and-swap of next_ms
+ * elects the thread that prints (shedding is the slow path: locked instructions are fine here). */
 typedef struct app_shed {
     const char *prog;
-    rx_loop *loop;
-    uint64_t next_ms;
-    unsigned long long unreported;
+    _Atomic uint64_t next_ms;
+    _Atomic unsigned long long unreported, total;
 } app_shed;
 
 static inline void app_on_shed(rx_listener *l, app_shed *w) {
-    w->unreported++;
-    uint64_t now = rx_loop_now_ms(w->loop);
-    if (now < w->next_ms)
+    (void)l;
+    atomic_fetch_add_explicit(&w->unreported, 1, memory_order_relaxed);
+    unsigned long long total = atomic_fetch_add_explicit(&w->total, 1, memory_order_relaxed) + 1;
+    /* Not the loop's cached time: the callback may run on any loop's thread. */
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    uint64_t next = atomic_load_explicit(&w->next_ms, memory_order_relaxed);
+    if (now < next ||
+        !atomic_compare_exchange_strong_explicit(&w->next_ms, &next, now + 1000,
+                                                 memory_order_relaxed, memory_order_relaxed))
         return;
     fprintf(stderr,
             "%s: out of file descriptors: %llu connection(s) closed at once (%llu in all); raise "
             "the open files limit (ulimit -n) or lower the load\n",
-            w->prog, w->unreported, rx_listener_shed(l));
-    w->unreported = 0;
-    w->next_ms = now + 1000;
+            w->prog, atomic_exchange_explicit(&w->unreported, 0, memory_order_relaxed), total);
+}
+
+/* --threads N: loops (and threads) of the group; 0 is one per CPU, resolved by
+ * rx_loop_group_new. Returns 0, or -1 after printing why the value is bad. */
+#define APP_MAX_THREADS 1024
+
+static inline int app_parse_threads(const char *prog, const char *s, unsigned *out) {
+    unsigned long long v;
+    if (app_parse_count(s, APP_MAX_THREADS, &v) < 0) {
+        fprintf(stderr, "%s: --threads wants a count from 0 (one per CPU) to %d, got '%s'\n", prog,
+                APP_MAX_THREADS, s);
+        return -1;
+    }
+    *out = (unsigned)v;
+    return 0;
+}
+
+/* --spread handoff|reuseport. Returns 0, or -1 after printing why the value is bad. */
+static inline int app_parse_spread(const char *prog, const char *s, rx_spread *out) {
+    if (!strcmp(s, "handoff"))
+        *out = RX_SPREAD_HANDOFF;
+    else if (!strcmp(s, "reuseport"))
+        *out = RX_SPREAD_REUSEPORT;
+    else {
+        fprintf(stderr, "%s: --spread wants handoff or reuseport, got '%s'\n", prog, s);
+        return -1;
+    }
+    return 0;
+}
+
+static inline const char *app_spread_name(rx_spread s) {
+    return s == RX_SPREAD_REUSEPORT ? "reuseport" : "handoff";
+}
+
+/* The life of a server on a loop group, the same in both apps: SIGINT and SIGTERM are watched
+ * once, on loop 0 (signals are process-wide: one watcher handles each delivery); the first one
+ * stops the server gracefully, whose on_stopped (on loop 0 too) stops every loop, and main's
+ * rx_loop_group_join returns. */
+typedef struct app_run {
+    const char *prog;
+    rx_loop_group *group;
+    rx_server *server;
+    bool stopping; /* touched on loop 0's thread only */
+} app_run;
+
+static inline void app_on_stopped(void *arg) {
+    app_run *r = arg;
+    rx_loop_group_stop(r->group);
+}
+
+static inline void app_on_signal(rx_signal *sig, int signo, void *arg) {
+    (void)sig;
+    app_run *r = arg;
+    if (r->stopping) /* a second signal changes nothing: the deadline bounds the stop already */
+        return;
+    r->stopping = true;
+    fprintf(stderr, "%s: %s, stopping\n", r->prog, strsignal(signo));
+    rx_server_stop(r->server, 5000, app_on_stopped, r);
+}
+
+/* Call from main before rx_loop_group_start: rx blocks the signals in the calling thread, and
+ * the loop threads inherit that mask, so no thread of the group dies of them. Returns 0, or -1
+ * after printing why. */
+static inline int app_watch_signals(app_run *r) {
+    rx_loop *loop0 = rx_loop_group_loop(r->group, 0);
+    if (!rx_signal_new(loop0, SIGINT, app_on_signal, r) ||
+        !rx_signal_new(loop0, SIGTERM, app_on_signal, r)) {
+        fprintf(stderr, "%s: cannot watch signals: %s\n", r->prog, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* Starts the loop threads and waits for them (until a signal stopped the server). Returns 0, or
+ * -1 after printing why. */
+static inline int app_run_group(app_run *r) {
+    int rc = rx_loop_group_start(r->group);
+    if (rc < 0) {
+        fprintf(stderr, "%s: cannot start the loop threads: %s\n", r->prog, strerror(-rc));
+        return -1;
+    }
+    rc = rx_loop_group_join(r->group);
+    if (rc < 0) {
+        fprintf(stderr, "%s: a loop failed: %s\n", r->prog, strerror(-rc));
+        return -1;
+    }
+    return 0;
 }
 
 /* The switches every server has; app-specific ones are passed in `app` (names) and reported in

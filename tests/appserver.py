@@ -1,10 +1,22 @@
 """The example servers as the integration tests run them: a real binary listening on an
-ephemeral 127.0.0.1 port, stopped by a signal to its PID."""
+ephemeral 127.0.0.1 port, stopped by a signal to its PID. With RX_TEST_THREADS=N in the
+environment every server runs N loops (--threads N) unless the test chose its own --threads."""
+import os
 import re
 import resource
+import selectors
 import signal
 import socket
 import subprocess
+import time
+
+
+def env_threads(argv):
+    """The flags RX_TEST_THREADS adds to argv: none when unset or when argv has --threads."""
+    n = os.environ.get("RX_TEST_THREADS")
+    if not n or "--threads" in argv:
+        return []
+    return ["--threads", n]
 
 
 class AppServer:
@@ -12,6 +24,7 @@ class AppServer:
         """argv: the server command without --listen; its first stdout line names the port.
         nofile: (soft, hard) RLIMIT_NOFILE to start it with."""
         limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None
+        argv = [*argv, *env_threads(argv)]
         self.proc = subprocess.Popen([*argv, "--listen", "127.0.0.1:0"], preexec_fn=limit,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
@@ -39,8 +52,64 @@ class AppServer:
         """Returns (exit status, stdout, stderr)."""
         self.proc.send_signal(sig)
         try:
-            out, err = self.proc.communicate(timeout=10)
+            # A graceful stop takes at most two deadlines of 5 s (let connections finish, then
+            # close each, lingering until the peer's end) when clients are left open.
+            out, err = self.proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+        # A sanitizer's report makes the test fail even where the exit status is not checked.
+        for report in ("WARNING: ThreadSanitizer", "ERROR: AddressSanitizer",
+                       "runtime error:"):
+            if report in err:
+                raise AssertionError("a sanitizer report in the server's stderr:\n" + err)
         return self.proc.returncode, out, err
+
+
+def exchange_concurrently(port, payloads, half_close=True, timeout=60):
+    """One client per payload, all connected before any sends (so the server has them all open
+    at once), each sending its payload (then shutting its write side down when half_close) and
+    reading until the server closes, driven by one selector. Returns the bytes each received."""
+    sel = selectors.DefaultSelector()
+    clients = []
+    try:
+        for data in payloads:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.setblocking(False)
+            c = {"sock": s, "out": memoryview(data), "got": bytearray(), "done": False}
+            clients.append(c)
+        for c in clients:
+            sel.register(c["sock"], selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+        left = len(clients)
+        deadline = time.monotonic() + timeout
+        while left:
+            if time.monotonic() > deadline:
+                raise TimeoutError("%d of %d clients not finished after %d s"
+                                   % (left, len(clients), timeout))
+            for key, ev in sel.select(0.5):
+                c, s = key.data, key.fileobj
+                if ev & selectors.EVENT_WRITE and c["out"]:
+                    try:
+                        c["out"] = c["out"][s.send(c["out"][:65536]):]
+                    except BlockingIOError:
+                        pass
+                    if not c["out"]:
+                        if half_close:
+                            s.shutdown(socket.SHUT_WR)
+                        sel.modify(s, selectors.EVENT_READ, c)
+                if ev & selectors.EVENT_READ:
+                    try:
+                        b = s.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    if b:
+                        c["got"] += b
+                    else:
+                        sel.unregister(s)
+                        c["done"] = True
+                        left -= 1
+        return [bytes(c["got"]) for c in clients]
+    finally:
+        sel.close()
+        for c in clients:
+            c["sock"].close()

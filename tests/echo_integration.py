@@ -12,7 +12,7 @@ import threading
 import time
 import unittest
 
-from appserver import AppServer
+from appserver import AppServer, exchange_concurrently
 
 # A sanitizer build keeps freed memory in quarantine, so RSS bounds are looser there.
 RSS_SLACK_KIB = 64 * 1024 if os.environ.get("RX_SANITIZED") == "1" else 8 * 1024
@@ -171,7 +171,9 @@ class Echo(unittest.TestCase):
 
     def test_bad_flags_exit_2(self):
         for args in (["--bogus"], ["--listen", "nowhere"], ["--max-conns", "-1"],
-                     ["--idle-timeout", "x"], ["--tune", "warp-speed"]):
+                     ["--idle-timeout", "x"], ["--tune", "warp-speed"], ["--threads", "x"],
+                     ["--threads", "-1"], ["--threads", "1025"], ["--threads", ""],
+                     ["--spread", "roundrobin"], ["--spread", ""]):
             r = subprocess.run([ECHO, *args], capture_output=True, text=True, timeout=10)
             self.assertEqual(r.returncode, 2, args)
             self.assertTrue(r.stderr.strip(), args)
@@ -188,10 +190,80 @@ class Echo(unittest.TestCase):
             srv.stop()
 
 
+class EchoThreads(unittest.TestCase):
+    """--threads and --spread, whatever RX_TEST_THREADS says."""
+
+    def test_200_clients_every_byte_on_4_threads_both_spreads(self):
+        size = 64 * 1024
+        for spread in ("handoff", "reuseport"):
+            with self.subTest(spread=spread):
+                srv = Server("--threads", "4", "--spread", spread)
+                try:
+                    self.assertIn("4 threads, spread %s" % spread, srv.first_line)
+                    payloads = [os.urandom(size) for _ in range(200)]
+                    got = exchange_concurrently(srv.port, payloads)
+                    bad = [i for i, (p, g) in enumerate(zip(payloads, got)) if p != g]
+                    self.assertEqual(bad, [], "clients whose echo differs")
+                finally:
+                    rc, out, err = srv.stop()
+                self.assertEqual(rc, 0, err)
+                # The counters printed at exit sum every loop's.
+                n = 200 * size
+                self.assertIn("200 connections, %d bytes in, %d bytes out" % (n, n), out)
+
+    def test_threads_0_is_one_per_cpu(self):
+        srv = Server("--threads", "0")
+        try:
+            n = len(os.sched_getaffinity(0))
+            self.assertIn("%d thread%s," % (n, "" if n == 1 else "s"), srv.first_line)
+            c = srv.sock()
+            c.sendall(b"ping")
+            self.assertEqual(c.recv(4), b"ping")
+            c.close()
+        finally:
+            self.assertEqual(srv.stop()[0], 0)
+
+    def test_sigterm_with_threads_stops_gracefully(self):
+        """Each signal is handled once (and a second one changes nothing), the connection still
+        open at the stop is served to its end, the process exits 0 as soon as it closes, and the
+        counters printed sum every loop's."""
+        srv = Server("--threads", "4")
+        for _ in range(8):
+            c = srv.sock()
+            c.sendall(b"x" * 1000)
+            got = b""
+            while len(got) < 1000:
+                got += c.recv(1000)
+            c.close()
+        late = srv.sock()
+        late.sendall(b"before")
+        self.assertEqual(late.recv(6), b"before")
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        srv.proc.send_signal(signal.SIGTERM)  # a second signal changes nothing
+        time.sleep(0.2)
+        self.assertIsNone(srv.proc.poll(), "exited with a connection still open")
+        late.sendall(b"after!")
+        self.assertEqual(late.recv(6), b"after!")
+        t0 = time.monotonic()
+        late.close()
+        try:
+            out, err = srv.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            srv.proc.kill()
+            raise
+        rc = srv.proc.returncode
+        self.assertEqual(rc, 0, err)
+        self.assertLess(time.monotonic() - t0, 3, "waited for the deadline")
+        self.assertEqual(err.count("stopping"), 1, err)
+        self.assertIn("9 connections, 8012 bytes in, 8012 bytes out", out)
+
+
 def main():
     global ECHO, LOAD
     ECHO, LOAD = sys.argv[1], sys.argv[2]
-    suite = unittest.defaultTestLoader.loadTestsFromTestCase(Echo)
+    load = unittest.defaultTestLoader.loadTestsFromTestCase
+    suite = unittest.TestSuite([load(Echo), load(EchoThreads)])
     result = unittest.TextTestRunner(verbosity=2).run(suite)
     return 0 if result.wasSuccessful() else 1
 

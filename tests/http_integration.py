@@ -2,8 +2,10 @@
 """Integration tests of rx-http: the real binary on an ephemeral 127.0.0.1 port, driven by
 curl, http.client and raw sockets. Usage: http_integration.py RX_HTTP_BINARY WWW_DIR"""
 import http.client
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import tempfile
 import time
 import unittest
 
-from appserver import AppServer
+from appserver import AppServer, exchange_concurrently
 
 # A sanitizer build keeps freed memory in quarantine, so RSS bounds are looser there.
 RSS_SLACK_KIB = 64 * 1024 if os.environ.get("RX_SANITIZED") == "1" else 8 * 1024
@@ -665,13 +667,155 @@ class HttpLite(unittest.TestCase):
         self.assertIn("2xx", st["responses"])
 
 
+def split_responses(data):
+    """The (status, headers, body) of each Content-Length response in data, in order."""
+    out = []
+    while data:
+        head, sep, data = data.partition(b"\r\n\r\n")
+        if not sep:
+            raise AssertionError("a cut response head: %r" % head[:200])
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        n = int(headers.get("content-length", "0"))
+        if len(data) < n:
+            raise AssertionError("a cut body")
+        out.append((int(lines[0].split(" ")[1]), headers, data[:n]))
+        data = data[n:]
+    return out
+
+
+class HttpThreads(unittest.TestCase):
+    """--threads and --spread, whatever RX_TEST_THREADS says."""
+
+    def stats(self, srv):
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+        c.request("GET", "/stats")
+        st = json.loads(c.getresponse().read())
+        c.close()
+        return st
+
+    def test_200_clients_on_4_threads_both_spreads(self):
+        """200 clients at once, each with a pipeline of a plaintext, a JSON, a static file and
+        an echo of its own body: every response right, on every loop, in both modes."""
+        with open(os.path.join(WWW, "hello.txt"), "rb") as f:
+            hello = f.read()
+        for spread in ("handoff", "reuseport"):
+            with self.subTest(spread=spread):
+                srv = Server("--threads", "4", "--spread", spread)
+                try:
+                    self.assertIn("4 threads, spread %s" % spread, srv.first_line)
+                    bodies = [os.urandom(8).hex().encode() * 64 for _ in range(200)]
+                    reqs = [b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n"
+                            b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n"
+                            b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+                            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n"
+                            b"Connection: close\r\n\r\n%s" % (len(b), b) for b in bodies]
+                    got = exchange_concurrently(srv.port, reqs, half_close=False)
+                    want = [b"Hello, World!", b'{"message":"Hello, World!"}', hello]
+                    for i, data in enumerate(got):
+                        answers = [(st, body) for st, _, body in split_responses(data)]
+                        self.assertEqual(answers, [(200, w) for w in want + [bodies[i]]],
+                                         "client %d" % i)
+                    st = self.stats(srv)
+                    self.assertEqual(len(st["loops"]), 4)
+                    self.assertEqual(st["requests"], 801)
+                    self.assertEqual(st["connections_total"], 201)
+                    if spread == "handoff":  # round-robin: 50 or 51 connections each
+                        for loop in st["loops"]:
+                            self.assertGreaterEqual(loop["connections_total"], 50, st)
+                finally:
+                    rc, _, err = srv.stop()
+                self.assertEqual(rc, 0, err)
+                self.assertIn("rx-http: 201 connections, 801 requests", err)
+
+    def test_stats_lists_4_loops_that_add_up(self):
+        srv = Server("--threads", "4")
+        try:
+            for _ in range(20):  # one connection each: handed to the loops in turn
+                c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+                c.request("GET", "/plaintext")
+                self.assertEqual(c.getresponse().read(), b"Hello, World!")
+                c.close()
+            keep = srv.sock()  # one connection left open, on some loop
+            keep.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+            read_response(keep)
+            # The loops see the 20 closes in their own time: ask (on `keep`) until they have.
+            for polls in range(1, 101):
+                keep.sendall(b"GET /stats HTTP/1.1\r\nHost: t\r\n\r\n")
+                status, _, body, _ = read_response(keep)
+                st = json.loads(body)
+                if st["connections_open"] == 1:
+                    break
+                time.sleep(0.05)
+            loops = st["loops"]
+            self.assertEqual(len(loops), 4, st)
+            for key in ("requests", "connections_total", "connections_open"):
+                self.assertEqual(sum(loop[key] for loop in loops), st[key], (key, st))
+            self.assertEqual(st["connections_open"], 1, st)
+            self.assertEqual(st["connections_total"], 21, st)
+            self.assertEqual(st["requests"], 21 + polls, st)
+            self.assertTrue(all(loop["requests"] >= 5 for loop in loops), st)
+            # A /stats request is counted before its body is made, its response after.
+            self.assertEqual(st["responses"]["2xx"], 21 + polls - 1, st)
+            keep.close()
+        finally:
+            self.assertEqual(srv.stop()[0], 0)
+
+    def test_bad_threads_and_spread_exit_2(self):
+        for args in (["--threads", "x"], ["--threads", "-1"], ["--threads", "1025"],
+                     ["--threads", ""], ["--spread", "kernel"], ["--spread", ""]):
+            r = subprocess.run([BINARY, *args], capture_output=True, text=True, timeout=10)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertIn(args[0], r.stderr)
+
+    def test_sigterm_with_threads_stops_gracefully(self):
+        """The signal is handled once; at the stop a keep-alive connection between requests is
+        closed at once, one in the middle of a request gets its answer (with Connection: close)
+        and is closed after it; then the process exits 0 and prints the sums of every loop."""
+        srv = Server("--threads", "4")
+        for _ in range(5):
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+            c.request("GET", "/json")
+            c.getresponse().read()
+            c.close()
+        idle = srv.sock()
+        idle.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+        read_response(idle)
+        busy = srv.sock()
+        busy.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n")  # the head is not complete
+        time.sleep(0.2)
+        srv.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(recv_until_closed(idle, 3), b"")
+        idle.close()
+        time.sleep(0.2)
+        self.assertIsNone(srv.proc.poll(), "exited with a request in progress")
+        busy.sendall(b"\r\n")
+        status, headers, body, rest = read_response(busy)
+        self.assertEqual((status, body), (200, b"Hello, World!"))
+        self.assertEqual(headers.get("connection"), "close")
+        self.assertEqual(rest + recv_until_closed(busy, 3), b"")
+        t0 = time.monotonic()
+        busy.close()
+        try:
+            _, err = srv.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            srv.proc.kill()
+            raise
+        self.assertEqual(srv.proc.returncode, 0, err)
+        self.assertLess(time.monotonic() - t0, 3, "waited for the deadline")
+        self.assertEqual(err.count("stopping"), 1, err)
+        self.assertIn("rx-http: 7 connections, 7 requests", err)
+
+
 def main():
     global BINARY, WWW
     BINARY, WWW = sys.argv[1], sys.argv[2]
     if not shutil.which("curl"):
         print("curl not found; install it (apt-get install curl)", file=sys.stderr)
         return 1
-    suite = unittest.defaultTestLoader.loadTestsFromTestCase(HttpLite)
+    load = unittest.defaultTestLoader.loadTestsFromTestCase
+    suite = unittest.TestSuite([load(HttpLite), load(HttpThreads)])
     result = unittest.TextTestRunner(verbosity=2).run(suite)
     return 0 if result.wasSuccessful() else 1
 

@@ -1,5 +1,6 @@
 /* rx-echo: writes every byte back in order. Shows the TCP layer's backpressure (a client that
- * does not read stops being read), half-close, idle timeouts and a graceful stop on signals. */
+ * does not read stops being read), half-close, idle timeouts, a graceful stop on signals, and
+ * connections spread over N loops on N threads (--threads, --spread). */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -12,13 +13,31 @@
 
 #include "../app.h"
 
-struct echo {
-    rx_loop *loop;
-    rx_server *server;
+/* The counters of one loop: written only by its own thread (on_close), read by main after the
+ * join (which orders them), so they need no atomics. Each on its own cache line, so that loops
+ * closing connections at the same time do not bounce one line between cores. */
+struct echo_loop {
+    _Alignas(64) rx_loop *loop;
     unsigned long long conns, bytes_in, bytes_out;
+};
+
+/* Shared by every loop: read-only once the group started, but for shed (atomic). */
+struct echo {
     bool backpressure; /* --tune no-backpressure clears it */
     app_shed shed;
+    unsigned nloops;
+    struct echo_loop *loops;
 };
+
+/* The counters of the loop a connection lives on: a scan of at most one entry per CPU, once per
+ * connection (on_close), not per read. */
+static struct echo_loop *loop_of(struct echo *e, rx_conn *c) {
+    rx_loop *loop = rx_conn_loop(c);
+    for (unsigned i = 0; i < e->nloops; i++)
+        if (e->loops[i].loop == loop)
+            return &e->loops[i];
+    abort(); /* every connection lives on a loop of the group */
+}
 
 static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
     (void)arg;
@@ -46,10 +65,10 @@ static void on_low_water(rx_conn *c, size_t queued, void *arg) {
 static void on_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
     (void)reason;
     (void)err;
-    struct echo *e = arg;
-    e->conns++;
-    e->bytes_in += rx_conn_bytes_in(c);
-    e->bytes_out += rx_conn_bytes_out(c);
+    struct echo_loop *el = loop_of(arg, c);
+    el->conns++;
+    el->bytes_in += rx_conn_bytes_in(c);
+    el->bytes_out += rx_conn_bytes_out(c);
 }
 
 static void on_shed(rx_listener *l, void *arg) {
@@ -64,26 +83,18 @@ static const rx_conn_callbacks echo_callbacks = {
     .on_close = on_close,
 };
 
-static void on_stopped(void *arg) {
-    struct echo *e = arg;
-    rx_loop_stop(e->loop);
-}
-
-static void on_signal(rx_signal *sig, int signo, void *arg) {
-    (void)sig;
-    struct echo *e = arg;
-    fprintf(stderr, "rx-echo: %s, stopping\n", strsignal(signo));
-    rx_server_stop(e->server, 5000, on_stopped, e);
-}
-
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: rx-echo [--listen ADDR] [--idle-timeout SECONDS] [--max-conns N] [--help]\n"
-            "  --listen ADDR           127.0.0.1:PORT, [::1]:PORT or unix:/path "
-            "(default 127.0.0.1:7000)\n"
-            "  --idle-timeout SECONDS  close connections idle this long (default: never)\n"
-            "  --max-conns N           close connections beyond N at once (default: no "
-            "limit)\n");
+    fprintf(out, "usage: rx-echo [--listen ADDR] [--threads N] [--spread handoff|reuseport]\n"
+                 "               [--idle-timeout SECONDS] [--max-conns N] [--help]\n"
+                 "  --listen ADDR           127.0.0.1:PORT, [::1]:PORT or unix:/path "
+                 "(default 127.0.0.1:7000)\n"
+                 "  --threads N             loops, one thread each (default 1, 0: one per CPU)\n"
+                 "  --spread MODE           how connections reach the loops: handoff (one loop "
+                 "accepts,\n"
+                 "                          default) or reuseport (a listener per loop)\n"
+                 "  --idle-timeout SECONDS  close connections idle this long (default: never)\n"
+                 "  --max-conns N           close connections beyond N at once (default: no "
+                 "limit)\n");
 }
 
 int main(int argc, char **argv) {
@@ -92,14 +103,17 @@ int main(int argc, char **argv) {
         {"idle-timeout", required_argument, NULL, 'i'},
         {"max-conns", required_argument, NULL, 'm'},
         {"tune", required_argument, NULL, 't'},
+        {"threads", required_argument, NULL, 'n'},
+        {"spread", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     rx_server_opts opts = {.listen = "127.0.0.1:7000", .cbs = &echo_callbacks};
     struct echo e = {.backpressure = true};
+    unsigned threads = 1;
     unsigned long long v;
     int ch;
-    while ((ch = getopt_long(argc, argv, "l:i:m:t:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "l:i:m:t:n:s:h", longopts, NULL)) != -1) {
         switch (ch) {
         case 'l':
             opts.listen = optarg;
@@ -120,6 +134,14 @@ int main(int argc, char **argv) {
             break;
         case 't':
             if (tune_apply("rx-echo", optarg, &opts, &e.backpressure, NULL, NULL) < 0)
+                return 2;
+            break;
+        case 'n':
+            if (app_parse_threads("rx-echo", optarg, &threads) < 0)
+                return 2;
+            break;
+        case 's':
+            if (app_parse_spread("rx-echo", optarg, &opts.spread) < 0)
                 return 2;
             break;
         case 'h':
@@ -147,33 +169,50 @@ int main(int argc, char **argv) {
     opts.arg = &e;
     opts.listener.on_shed = on_shed;
     unsigned long long nofile = app_raise_nofile();
-    e.loop = rx_loop_new();
-    if (!e.loop) {
-        fprintf(stderr, "rx-echo: cannot create the loop: %s\n", strerror(errno));
+    e.shed.prog = "rx-echo";
+    app_run run = {.prog = "rx-echo"};
+    run.group = rx_loop_group_new(threads);
+    if (!run.group) {
+        fprintf(stderr, "rx-echo: cannot create the loops: %s\n", strerror(errno));
         return 1;
     }
-    e.shed = (app_shed){.prog = "rx-echo", .loop = e.loop};
-    e.server = rx_server_new(e.loop, &opts);
-    if (!e.server) {
+    e.nloops = rx_loop_group_size(run.group);
+    e.loops = aligned_alloc(_Alignof(struct echo_loop), e.nloops * sizeof(*e.loops));
+    if (!e.loops) {
+        fprintf(stderr, "rx-echo: out of memory\n");
+        return 1;
+    }
+    for (unsigned i = 0; i < e.nloops; i++)
+        e.loops[i] = (struct echo_loop){.loop = rx_loop_group_loop(run.group, i)};
+    opts.group = run.group;
+    run.server = rx_server_new(rx_loop_group_loop(run.group, 0), &opts);
+    if (!run.server) {
         fprintf(stderr, "rx-echo: cannot listen on %s: %s\n", opts.listen, strerror(errno));
-        rx_loop_free(e.loop);
+        rx_loop_group_free(run.group);
+        free(e.loops);
         return 1;
     }
-    rx_signal *sigint = rx_signal_new(e.loop, SIGINT, on_signal, &e);
-    rx_signal *sigterm = rx_signal_new(e.loop, SIGTERM, on_signal, &e);
-    if (!sigint || !sigterm) {
-        fprintf(stderr, "rx-echo: cannot watch signals: %s\n", strerror(errno));
+    if (app_watch_signals(&run) < 0)
         return 1;
-    }
     char where[RX_ADDR_STRLEN];
-    rx_addr_format(rx_server_addr(e.server), where, sizeof(where));
-    printf("rx-echo listening on %s (open files limit %llu)\n", where, nofile);
+    rx_addr_format(rx_server_addr(run.server), where, sizeof(where));
+    printf("rx-echo listening on %s (%u thread%s, spread %s, open files limit %llu)\n", where,
+           e.nloops, e.nloops == 1 ? "" : "s", app_spread_name(opts.spread), nofile);
     fflush(stdout);
 
-    int rc = rx_loop_run(e.loop);
-    rx_server_free(e.server);
-    rx_loop_free(e.loop);
-    printf("rx-echo: %llu connections, %llu bytes in, %llu bytes out\n", e.conns, e.bytes_in,
-           e.bytes_out);
+    int rc = app_run_group(&run);
+    /* The threads are joined: what is left (connections aborted here, whose on_close counts them)
+     * runs on this thread. */
+    rx_server_free(run.server);
+    rx_loop_group_free(run.group);
+    struct echo_loop sum = {0};
+    for (unsigned i = 0; i < e.nloops; i++) {
+        sum.conns += e.loops[i].conns;
+        sum.bytes_in += e.loops[i].bytes_in;
+        sum.bytes_out += e.loops[i].bytes_out;
+    }
+    free(e.loops);
+    printf("rx-echo: %llu connections, %llu bytes in, %llu bytes out\n", sum.conns, sum.bytes_in,
+           sum.bytes_out);
     return rc < 0 ? 1 : 0;
 }

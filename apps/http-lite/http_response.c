@@ -47,18 +47,19 @@ const char *http_reason(int status) {
     }
 }
 
-void http_date_refresh(http_server *srv) {
-    uint64_t now = rx_loop_now_ms(srv->loop);
-    if (now < srv->date_next_ms && srv->cfg.date_cache)
+/* Per loop: each worker keeps its own copy, so no loop reads a line another one rewrites. */
+void http_date_refresh(http_worker *w) {
+    uint64_t now = rx_loop_now_ms(w->loop);
+    if (now < w->date_next_ms && w->cfg->date_cache)
         return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
-    srv->date_len = strftime(srv->date_line, sizeof(srv->date_line),
-                             "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+    w->date_len =
+        strftime(w->date_line, sizeof(w->date_line), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
     /* Next refresh when the wall clock turns to the next second, not a second from now. */
-    srv->date_next_ms = now + 1000 - (uint64_t)(ts.tv_nsec / 1000000);
+    w->date_next_ms = now + 1000 - (uint64_t)(ts.tv_nsec / 1000000);
 }
 
 static char *put(char *p, const char *s, size_t n) {
@@ -80,14 +81,14 @@ static char *put_u64(char *p, uint64_t v) {
     return p;
 }
 
-int http_write_head(http_server *srv, rx_buffer *out, int status, const char *ctype,
+int http_write_head(http_worker *w, rx_buffer *out, int status, const char *ctype,
                     uint64_t content_length, int conn_mode, const char *extra) {
-    http_date_refresh(srv);
+    http_date_refresh(w);
     const char *reason = http_reason(status);
     size_t rlen = strlen(reason);
     size_t clen = ctype ? strlen(ctype) : 0;
     size_t elen = extra ? strlen(extra) : 0;
-    size_t max = 160 + rlen + clen + elen + srv->date_len;
+    size_t max = 160 + rlen + clen + elen + w->date_len;
     if (rx_buffer_reserve(out, max) < 0)
         return -ENOMEM;
     char *start = rx_buffer_tail(out), *p = start;
@@ -96,7 +97,7 @@ int http_write_head(http_server *srv, rx_buffer *out, int status, const char *ct
     *p++ = ' ';
     p = put(p, reason, rlen);
     p = PUT_LIT(p, "\r\nServer: rx\r\n");
-    p = put(p, srv->date_line, srv->date_len);
+    p = put(p, w->date_line, w->date_len);
     if (ctype) {
         p = PUT_LIT(p, "Content-Type: ");
         p = put(p, ctype, clen);
@@ -117,17 +118,17 @@ int http_write_head(http_server *srv, rx_buffer *out, int status, const char *ct
         p = put(p, extra, elen);
     p = PUT_LIT(p, "\r\n");
     rx_buffer_commit(out, (size_t)(p - start));
-    srv->stats.by_class[status / 100 <= 5 ? status / 100 : 5]++;
-    srv->last_status = status;
-    srv->last_length = content_length;
+    http_count(&w->stats.by_class[status / 100 <= 5 ? status / 100 : 5], 1);
+    w->last_status = status;
+    w->last_length = content_length;
     return 0;
 }
 
-int http_write_error(http_server *srv, rx_buffer *out, int status, int conn_mode, const char *extra,
+int http_write_error(http_worker *w, rx_buffer *out, int status, int conn_mode, const char *extra,
                      bool head_only) {
     const char *reason = http_reason(status);
     size_t n = strlen(reason);
-    if (http_write_head(srv, out, status, "text/plain; charset=utf-8", n + 1, conn_mode, extra) < 0)
+    if (http_write_head(w, out, status, "text/plain; charset=utf-8", n + 1, conn_mode, extra) < 0)
         return -ENOMEM;
     if (head_only) /* RFC 9110 §9.3.2: the head GET would get, without the content */
         return 0;

@@ -3,6 +3,8 @@
  * buffer so all answers to one read leave in one write. Backpressure pauses a client that does not
  * read its responses; a header that does not arrive in time gets 408. */
 #include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,7 +13,8 @@
 typedef enum { TIMEOUT_NONE, TIMEOUT_HEADER, TIMEOUT_IDLE } timeout_mode;
 
 typedef struct session {
-    http_server *srv;
+    char kind; /* HTTP_ARG_SESSION, first: see the arg life below */
+    http_worker *w;
     rx_conn *conn;
     http_parser parser;
     http_request *req; /* borrowed while a request spans reads; NULL otherwise */
@@ -25,7 +28,8 @@ typedef struct session {
 } session;
 
 /* Sessions and the parse results of requests that span reads are recycled through free lists of
- * the server, so steady traffic allocates nothing; free entries keep the next pointer in place. */
+ * the loop's worker, so steady traffic allocates nothing and no loop shares a list with another;
+ * free entries keep the next pointer in place. */
 static void *pool_take(void **pool, size_t size) {
     void *p = *pool;
     if (p)
@@ -40,23 +44,23 @@ static void pool_give(void **pool, void *p) {
     *pool = p;
 }
 
-/* Most requests arrive whole and parse into the server's one shared struct (the loop is
+/* Most requests arrive whole and parse into the worker's one shared struct (its loop is
  * single-threaded); one spanning reads needs its own. */
-static http_request *req_borrow(http_server *srv) {
-    return pool_take(&srv->req_pool, sizeof(http_request));
+static http_request *req_borrow(http_worker *w) {
+    return pool_take(&w->req_pool, sizeof(http_request));
 }
 
-static void req_return(http_server *srv, http_request *r) { pool_give(&srv->req_pool, r); }
+static void req_return(http_worker *w, http_request *r) { pool_give(&w->req_pool, r); }
 
 /* Output counts when it is queued (sent or on its way), so a session can go between requests
  * while its last answer is still being written. */
 static unsigned long long produced(rx_conn *c) { return rx_conn_bytes_out(c) + rx_conn_queued(c); }
 
 static void sync_stats(session *s) {
-    http_stats *st = &s->srv->stats;
+    http_stats *st = &s->w->stats;
     unsigned long long in = rx_conn_bytes_in(s->conn), out = produced(s->conn);
-    st->bytes_in += in - s->seen_in;
-    st->bytes_out += out - s->seen_out;
+    http_count(&st->bytes_in, in - s->seen_in);
+    http_count(&st->bytes_out, out - s->seen_out);
     s->seen_in = in;
     s->seen_out = out;
 }
@@ -70,13 +74,13 @@ static void set_timeout(session *s, timeout_mode mode, uint64_t ms) {
 
 static void end_request(session *s) {
     if (s->req) {
-        req_return(s->srv, s->req);
+        req_return(s->w, s->req);
         s->req = NULL;
     }
     s->in_body = false;
     s->sent_continue = false;
     s->header_deadline_ms = 0;
-    http_parser_init(&s->parser, &(http_limits){.max_head_bytes = s->srv->cfg.max_header_bytes});
+    http_parser_init(&s->parser, &(http_limits){.max_head_bytes = s->w->cfg->max_header_bytes});
 }
 
 /* Whether the request at the front of the input is a HEAD. fail() also answers requests the
@@ -94,9 +98,9 @@ static bool input_is_head(session *s) {
 
 /* Answers with an error and closes: after a malformed request the stream cannot be trusted. */
 static void fail(session *s, int status, const char *extra) {
-    int rc = http_write_error(s->srv, rx_conn_output(s->conn), status, HTTP_CONN_CLOSE, extra,
+    int rc = http_write_error(s->w, rx_conn_output(s->conn), status, HTTP_CONN_CLOSE, extra,
                               input_is_head(s));
-    s->srv->stats.requests++;
+    http_count(&s->w->stats.requests, 1);
     end_request(s);
     if (rc < 0)
         rx_conn_abort(s->conn); /* part of the answer may be queued: send none of it */
@@ -136,10 +140,10 @@ static bool method_allowed(const char *buf, const http_request *req) {
 
 /* The status a request gets before its body is read, or 0 when it may go on. A client waiting
  * for 100 Continue learns a rejection without sending the body. */
-static int early_status(const http_server *srv, const char *buf, const http_request *req) {
+static int early_status(const http_config *cfg, const char *buf, const http_request *req) {
     if (!method_known(req->method))
         return 501;
-    if (req->has_length && req->content_length > srv->cfg.max_body_bytes)
+    if (req->has_length && req->content_length > cfg->max_body_bytes)
         return 413;
     if (req->expect_continue && !method_allowed(buf, req))
         return 405;
@@ -152,7 +156,7 @@ static int respond_fixed(session *s, const http_request *req, int keep_alive, co
                          const char *body) {
     rx_buffer *out = rx_conn_output(s->conn);
     size_t n = strlen(body);
-    int rc = http_write_head(s->srv, out, 200, ctype, n, keep_alive, NULL);
+    int rc = http_write_head(s->w, out, 200, ctype, n, keep_alive, NULL);
     if (rc == 0 && req->method != HTTP_M_HEAD)
         rc = rx_buffer_append(out, body, n);
     return rc;
@@ -163,21 +167,56 @@ static int respond_fixed(session *s, const http_request *req, int keep_alive, co
 static int respond_options(session *s, const char *buf, const http_request *req, int keep_alive) {
     rx_buffer *out = rx_conn_output(s->conn);
     if (path_is(buf, req, "*"))
-        return http_write_head(s->srv, out, 200, NULL, 0, keep_alive, ALLOW_ANY);
-    return http_write_head(s->srv, out, 204, NULL, 0, keep_alive, allow_for(buf, req));
+        return http_write_head(s->w, out, 200, NULL, 0, keep_alive, ALLOW_ANY);
+    return http_write_head(s->w, out, 204, NULL, 0, keep_alive, allow_for(buf, req));
 }
 
+/* One loop's counters, each with a relaxed load: exact, though the loop may go on meanwhile. */
+static void stats_read(const http_stats *st, http_totals *out) {
+    out->conns_open = http_counter_get(&st->conns_open);
+    out->conns_total = http_counter_get(&st->conns_total);
+    out->requests = http_counter_get(&st->requests);
+    out->bytes_in = http_counter_get(&st->bytes_in);
+    out->bytes_out = http_counter_get(&st->bytes_out);
+    for (int k = 0; k < 6; k++)
+        out->by_class[k] = http_counter_get(&st->by_class[k]);
+}
+
+static void totals_add(http_totals *t, const http_totals *one) {
+    t->conns_open += one->conns_open;
+    t->conns_total += one->conns_total;
+    t->requests += one->requests;
+    t->bytes_in += one->bytes_in;
+    t->bytes_out += one->bytes_out;
+    for (int k = 0; k < 6; k++)
+        t->by_class[k] += one->by_class[k];
+}
+
+/* Every loop's counters and their sums, from one pass of relaxed loads: the loops go on meanwhile,
+ * but the totals are the sums of the per-loop values shown. The body goes into the worker's
+ * buffer, sized for every loop at setup: nothing is allocated per request. */
 static int respond_stats(session *s, const http_request *req, int keep_alive) {
-    const http_stats *st = &s->srv->stats;
-    char body[512];
-    int n = snprintf(
-        body, sizeof(body),
-        "{\"connections_open\":%llu,\"connections_total\":%llu,\"requests\":%llu,"
-        "\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":{\"1xx\":%llu,\"2xx\":%llu,"
-        "\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu}}\n",
-        st->conns_open, st->conns_total, st->requests, st->bytes_in, st->bytes_out, st->by_class[1],
-        st->by_class[2], st->by_class[3], st->by_class[4], st->by_class[5]);
-    (void)n;
+    const http_server *srv = s->w->srv;
+    char *body = s->w->stats_body;
+    size_t cap = s->w->stats_cap, n = 0;
+    http_totals t = {0}, one;
+    n += (size_t)snprintf(body, cap, "{\"loops\":[");
+    for (unsigned i = 0; i < srv->nworkers; i++) {
+        stats_read(&srv->workers[i].stats, &one);
+        totals_add(&t, &one);
+        n += (size_t)snprintf(
+            body + n, cap - n,
+            "%s{\"connections_open\":%llu,\"connections_total\":%llu,\"requests\":%llu}",
+            i ? "," : "", one.conns_open, one.conns_total, one.requests);
+        if (n >= cap) /* cap holds every line (see setup): this only keeps a miscount in bounds */
+            n = cap - 1;
+    }
+    snprintf(body + n, cap - n,
+             "],\"connections_open\":%llu,\"connections_total\":%llu,\"requests\":%llu,"
+             "\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":{\"1xx\":%llu,\"2xx\":%llu,"
+             "\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu}}\n",
+             t.conns_open, t.conns_total, t.requests, t.bytes_in, t.bytes_out, t.by_class[1],
+             t.by_class[2], t.by_class[3], t.by_class[4], t.by_class[5]);
     return respond_fixed(s, req, keep_alive, "application/json", body);
 }
 
@@ -194,7 +233,7 @@ static int respond_echo(session *s, const char *buf, const http_request *req, co
             ctype = ct;
         }
     }
-    int rc = http_write_head(s->srv, out, 200, ctype, len, keep_alive, NULL);
+    int rc = http_write_head(s->w, out, 200, ctype, len, keep_alive, NULL);
     return rc < 0 ? rc : rx_buffer_append(out, body, len);
 }
 
@@ -204,26 +243,27 @@ static void log_request(session *s, const char *buf, const http_request *req) {
     char who[RX_ADDR_STRLEN] = "-";
     if (rx_conn_peer_addr(s->conn, &peer) == 0)
         rx_addr_format(&peer, who, sizeof(who));
-    fprintf(s->srv->log, "%s \"%.*s %.*s HTTP/1.%d\" %d %llu\n", who, (int)req->method_name.len,
+    fprintf(s->w->srv->log, "%s \"%.*s %.*s HTTP/1.%d\" %d %llu\n", who, (int)req->method_name.len,
             buf + req->method_name.off, (int)req->target.len, buf + req->target.off,
-            req->version_minor, s->srv->last_status, s->srv->last_length);
+            req->version_minor, s->w->last_status, s->w->last_length);
 }
 
 /* Routes a complete request; body points into the input buffer. */
 static void route(session *s, const char *buf, const http_request *req, const char *body,
                   size_t body_len) {
-    http_server *srv = s->srv;
+    http_worker *w = s->w;
     rx_buffer *out = rx_conn_output(s->conn);
-    int ka = !req->keep_alive          ? HTTP_CONN_CLOSE
-             : req->version_minor == 0 ? HTTP_CONN_KEEP_10
-                                       : HTTP_CONN_KEEP;
-    srv->stats.requests++;
+    /* Once the server stops, every answer is the connection's last (on_stop). */
+    int ka = !req->keep_alive || w->stopping ? HTTP_CONN_CLOSE
+             : req->version_minor == 0       ? HTTP_CONN_KEEP_10
+                                             : HTTP_CONN_KEEP;
+    http_count(&w->stats.requests, 1);
     bool head = req->method == HTTP_M_HEAD;
     int rc;
     if (!method_known(req->method))
-        rc = http_write_error(srv, out, 501, ka, NULL, head);
+        rc = http_write_error(w, out, 501, ka, NULL, head);
     else if (!method_allowed(buf, req))
-        rc = http_write_error(srv, out, 405, ka, allow_for(buf, req), head);
+        rc = http_write_error(w, out, 405, ka, allow_for(buf, req), head);
     else if (req->method == HTTP_M_OPTIONS)
         rc = respond_options(s, buf, req, ka);
     else if (path_is(buf, req, "/plaintext"))
@@ -235,14 +275,14 @@ static void route(session *s, const char *buf, const http_request *req, const ch
     else if (path_is(buf, req, "/stats"))
         rc = respond_stats(s, req, ka);
     else
-        rc = http_serve_static(srv, s->conn, buf, req, ka);
+        rc = http_serve_static(w, s->conn, buf, req, ka);
     if (rc < 0) { /* a head may be queued without its body: the client must not see it */
         rx_conn_abort(s->conn);
         return;
     }
-    if (srv->log)
+    if (w->srv->log)
         log_request(s, buf, req);
-    if (!srv->cfg.batch) /* --tune no-batch: one write per response instead of per read */
+    if (!w->cfg->batch) /* --tune no-batch: one write per response instead of per read */
         rx_conn_flush(s->conn);
     if (ka == HTTP_CONN_CLOSE)
         rx_conn_close(s->conn);
@@ -251,39 +291,39 @@ static void route(session *s, const char *buf, const http_request *req, const ch
 /* Handles the request at the front of `in` as far as the bytes allow. Returns true when a whole
  * request was consumed and the next may follow. */
 static bool step(session *s, rx_buffer *in) {
-    http_server *srv = s->srv;
+    http_worker *w = s->w;
+    const http_config *cfg = w->cfg;
     const char *buf = rx_buffer_peek(in);
     size_t len = rx_buffer_len(in);
-    http_request *req = s->req ? s->req : &srv->shared_req;
+    http_request *req = s->req ? s->req : &w->shared_req;
     if (!s->in_body) {
-        uint64_t header_ms =
-            srv->cfg.header_timeout_ms ? srv->cfg.header_timeout_ms : UINT64_MAX / 2;
+        uint64_t header_ms = cfg->header_timeout_ms ? cfg->header_timeout_ms : UINT64_MAX / 2;
         if (s->header_deadline_ms == 0)
-            s->header_deadline_ms = rx_loop_now_ms(srv->loop) + header_ms;
+            s->header_deadline_ms = rx_loop_now_ms(w->loop) + header_ms;
         int rc = http_parse_head(&s->parser, req, buf, len);
         if (rc == HTTP_PARSE_ERROR) {
             fail(s, s->parser.status, NULL);
             return false;
         }
         if (rc == HTTP_PARSE_AGAIN) {
-            uint64_t now = rx_loop_now_ms(srv->loop);
+            uint64_t now = rx_loop_now_ms(w->loop);
             if (now >= s->header_deadline_ms) {
                 fail(s, 408, NULL);
                 return false;
             }
             /* The header timeout counts from the first byte, however slowly the rest trickles. */
-            if (srv->cfg.header_timeout_ms)
+            if (cfg->header_timeout_ms)
                 set_timeout(s, TIMEOUT_HEADER, s->header_deadline_ms - now);
             goto keep;
         }
-        int early = early_status(srv, buf, req);
+        int early = early_status(cfg, buf, req);
         if (early) {
             fail(s, early, early == 405 ? allow_for(buf, req) : NULL);
             return false;
         }
         s->in_body = req->chunked || (req->has_length && req->content_length > 0);
         if (req->chunked)
-            http_chunked_init(&s->chunk, srv->cfg.max_body_bytes);
+            http_chunked_init(&s->chunk, cfg->max_body_bytes);
     }
     size_t body_len = 0, total = req->head_len;
     if (s->in_body) {
@@ -296,7 +336,7 @@ static bool step(session *s, rx_buffer *in) {
             }
             /* Chunk sizes are checked against the limit, but extensions and trailers are not
              * payload: cap what we buffer for them too. */
-            if (rc == HTTP_PARSE_AGAIN && len - req->head_len > srv->cfg.max_body_bytes + 65536) {
+            if (rc == HTTP_PARSE_AGAIN && len - req->head_len > cfg->max_body_bytes + 65536) {
                 fail(s, 413, NULL);
                 return false;
             }
@@ -323,18 +363,18 @@ need_body:
             rx_conn_abort(s->conn); /* out of memory: the client would hold its body back */
             return false;
         }
-        srv->stats.by_class[1]++;
+        http_count(&w->stats.by_class[1], 1);
         s->sent_continue = true;
     }
-    set_timeout(s, TIMEOUT_IDLE, srv->cfg.idle_timeout_ms);
+    set_timeout(s, TIMEOUT_IDLE, cfg->idle_timeout_ms);
 keep:
     if (!s->req) { /* the request spans reads: give it memory of its own */
-        s->req = req_borrow(srv);
+        s->req = req_borrow(w);
         if (!s->req) {
             fail(s, 500, NULL);
             return false;
         }
-        memcpy(s->req, &srv->shared_req, sizeof(*s->req));
+        memcpy(s->req, &w->shared_req, sizeof(*s->req));
     }
     return false;
 }
@@ -346,7 +386,7 @@ static bool process(session *s, rx_buffer *in) {
             return false;
         /* Past the connection's high-water mark (HTTP_OUTPUT_LIMIT) stop answering: rx_conn
          * judges the mark on what this call queued, so on_low_water follows once it drained. */
-        if (rx_conn_queued(s->conn) > HTTP_OUTPUT_LIMIT && s->srv->cfg.backpressure) {
+        if (rx_conn_queued(s->conn) > HTTP_OUTPUT_LIMIT && s->w->cfg->backpressure) {
             s->paused = true;
             rx_conn_pause_read(s->conn);
             return false;
@@ -354,43 +394,120 @@ static bool process(session *s, rx_buffer *in) {
         if (!step(s, in))
             return false;
     }
-    set_timeout(s, TIMEOUT_IDLE, s->srv->cfg.idle_timeout_ms);
+    set_timeout(s, TIMEOUT_IDLE, s->w->cfg->idle_timeout_ms);
     return true;
 }
 
-/* A connection's arg is the server until its first bytes arrive (header timeout), its session
- * while a request is in progress or its answer is being written, and the idle marker between
- * requests (idle timeout): a connection that is not busy (C10K) costs no session memory. */
-static http_server *the_server;
-static char idle_marker;
-#define IDLE ((void *)&idle_marker)
+/* A connection's arg says what the connection holds now, and leads to its loop's worker without a
+ * lookup on the hot path (the first byte of each says which it is, HTTP_ARG_*):
+ *   - the shared server (opts.arg), until on_open runs on the connection's loop;
+ *   - that loop's worker, until its first bytes arrive (header timeout);
+ *   - a session of the worker, while a request is in progress or its answer is being written;
+ *   - the worker's idle marker between requests (idle timeout): a connection that is not busy
+ *     (C10K) costs no session memory.
+ * Each object is touched only by its loop's thread; the server's first byte is set before the
+ * loops start. */
+static int arg_kind(const void *arg) { return *(const char *)arg; }
 
-static bool has_session(const void *arg) { return arg != the_server && arg != IDLE; }
+static bool has_session(const void *arg) { return arg_kind(arg) == HTTP_ARG_SESSION; }
 
-void http_session_setup(http_server *srv) { the_server = srv; }
-
-void http_session_cleanup(http_server *srv) {
-    while (srv->req_pool)
-        free(pool_take(&srv->req_pool, 0));
-    while (srv->session_pool)
-        free(pool_take(&srv->session_pool, 0));
+static http_worker *worker_of_idle(void *arg) {
+    return (http_worker *)((char *)arg - offsetof(http_worker, idle_mark));
 }
 
+/* A scan of at most one worker per CPU: once per connection (on_open), never per request. */
+static http_worker *worker_of_loop(http_server *srv, const rx_loop *loop) {
+    for (unsigned i = 0; i < srv->nworkers; i++)
+        if (srv->workers[i].loop == loop)
+            return &srv->workers[i];
+    return NULL;
+}
+
+/* The worker of a connection with no session. */
+static http_worker *worker_for(rx_conn *c, void *arg) {
+    switch (arg_kind(arg)) {
+    case HTTP_ARG_FRESH:
+        return arg;
+    case HTTP_ARG_IDLE:
+        return worker_of_idle(arg);
+    default: /* the server: in on_open, or on_open never ran (a connection not from rx_server) */
+        return worker_of_loop(arg, rx_conn_loop(c));
+    }
+}
+
+void http_stats_sum(const http_server *srv, http_totals *out) {
+    http_totals one;
+    *out = (http_totals){0};
+    for (unsigned i = 0; i < srv->nworkers; i++) {
+        stats_read(&srv->workers[i].stats, &one);
+        totals_add(out, &one);
+    }
+}
+
+int http_session_setup(http_server *srv) {
+    srv->arg_kind = HTTP_ARG_SERVER;
+    unsigned n = srv->group ? rx_loop_group_size(srv->group) : 1;
+    /* aligned_alloc wants a multiple of the alignment: sizeof of an _Alignas(64) struct is one. */
+    http_worker *ws = aligned_alloc(_Alignof(http_worker), n * sizeof(*ws));
+    /* /stats: the totals and one entry per loop, each line at most this long with 20-digit
+     * counters. */
+    size_t cap = 512 + (size_t)n * 128;
+    if (!ws)
+        return -ENOMEM;
+    for (unsigned i = 0; i < n; i++) {
+        http_worker *w = &ws[i];
+        memset(w, 0, sizeof(*w));
+        w->fresh_mark = HTTP_ARG_FRESH;
+        w->idle_mark = HTTP_ARG_IDLE;
+        w->srv = srv;
+        w->cfg = &srv->cfg;
+        w->loop = srv->group ? rx_loop_group_loop(srv->group, i) : srv->loop;
+        w->stats_cap = cap;
+        w->stats_body = malloc(cap);
+        if (!w->stats_body) {
+            while (i--)
+                free(ws[i].stats_body);
+            free(ws);
+            return -ENOMEM;
+        }
+    }
+    srv->workers = ws;
+    srv->nworkers = n;
+    return 0;
+}
+
+void http_session_cleanup(http_server *srv) {
+    for (unsigned i = 0; i < srv->nworkers; i++) {
+        http_worker *w = &srv->workers[i];
+        while (w->req_pool)
+            free(pool_take(&w->req_pool, 0));
+        while (w->session_pool)
+            free(pool_take(&w->session_pool, 0));
+        free(w->stats_body);
+    }
+    free(srv->workers);
+    srv->workers = NULL;
+    srv->nworkers = 0;
+}
+
+/* On the connection's own loop: from here on its arg leads to that loop's worker. */
 static void on_open(rx_conn *c, void *arg) {
-    http_server *srv = arg;
-    srv->stats.conns_open++;
-    srv->stats.conns_total++;
+    http_worker *w = worker_for(c, arg);
+    http_count(&w->stats.conns_open, 1);
+    http_count(&w->stats.conns_total, 1);
+    rx_conn_set_arg(c, w);
     /* A new connection gets the header timeout for its first request. */
-    rx_conn_set_idle_timeout(c, srv->cfg.header_timeout_ms);
+    rx_conn_set_idle_timeout(c, w->cfg->header_timeout_ms);
 }
 
 /* A session for the bytes `in` holds, all of them new: what came before is in the stats. */
-static session *session_new(rx_conn *c, const void *arg, const rx_buffer *in) {
-    session *s = pool_take(&the_server->session_pool, sizeof(*s));
+static session *session_new(rx_conn *c, void *arg, const rx_buffer *in) {
+    http_worker *w = worker_for(c, arg);
+    session *s = pool_take(&w->session_pool, sizeof(*s));
     if (!s)
         return NULL;
-    *s = (session){.srv = the_server, .conn = c};
-    s->timeout = arg == IDLE ? TIMEOUT_IDLE : TIMEOUT_HEADER;
+    *s = (session){.kind = HTTP_ARG_SESSION, .w = w, .conn = c};
+    s->timeout = arg_kind(arg) == HTTP_ARG_IDLE ? TIMEOUT_IDLE : TIMEOUT_HEADER;
     s->seen_in = rx_conn_bytes_in(c) - rx_buffer_len(in);
     s->seen_out = produced(c);
     end_request(s);
@@ -401,8 +518,8 @@ static session *session_new(rx_conn *c, const void *arg, const rx_buffer *in) {
 /* Between requests (the last answer may still be on its way): the session goes back to the pool. */
 static void session_release(session *s) {
     sync_stats(s);
-    rx_conn_set_arg(s->conn, IDLE);
-    pool_give(&the_server->session_pool, s);
+    rx_conn_set_arg(s->conn, &s->w->idle_mark);
+    pool_give(&s->w->session_pool, s);
 }
 
 static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
@@ -437,22 +554,36 @@ static void on_timeout(rx_conn *c, void *arg) {
     }
 }
 
+/* The server began a graceful stop (on each loop, for each of its connections): one between
+ * requests, or that never sent a byte, closes now; one in the middle of a request finishes it, and
+ * its answer says Connection: close (route). */
+static void on_stop(rx_conn *c, void *arg) {
+    if (has_session(arg)) {
+        ((session *)arg)->w->stopping = true;
+        return;
+    }
+    worker_for(c, arg)->stopping = true;
+    rx_conn_close(c);
+}
+
 static void on_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
     (void)reason;
     (void)err;
-    the_server->stats.conns_open--;
-    if (arg == the_server) { /* never sent anything */
-        the_server->stats.bytes_in += rx_conn_bytes_in(c);
-        the_server->stats.bytes_out += rx_conn_bytes_out(c);
+    if (has_session(arg)) {
+        session *s = arg;
+        http_count(&s->w->stats.conns_open, -1ull);
+        sync_stats(s);
+        if (s->req)
+            req_return(s->w, s->req);
+        pool_give(&s->w->session_pool, s);
         return;
     }
-    if (arg == IDLE)
-        return; /* its last session counted everything */
-    session *s = arg;
-    sync_stats(s);
-    if (s->req)
-        req_return(s->srv, s->req);
-    pool_give(&the_server->session_pool, s);
+    http_worker *w = worker_for(c, arg);
+    http_count(&w->stats.conns_open, -1ull); /* unsigned wrap-around: minus one */
+    if (arg_kind(arg) != HTTP_ARG_IDLE) {    /* never sent anything: no session counted its bytes */
+        http_count(&w->stats.bytes_in, rx_conn_bytes_in(c));
+        http_count(&w->stats.bytes_out, rx_conn_bytes_out(c));
+    }
 }
 
 const rx_conn_callbacks http_session_callbacks = {
@@ -460,5 +591,6 @@ const rx_conn_callbacks http_session_callbacks = {
     .on_data = on_data,
     .on_low_water = on_low_water,
     .on_timeout = on_timeout,
+    .on_stop = on_stop,
     .on_close = on_close,
 };

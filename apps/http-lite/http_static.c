@@ -164,7 +164,7 @@ static int copy_body(rx_conn *c, int fd, size_t size) {
     return rc;
 }
 
-int http_serve_static(http_server *srv, rx_conn *c, const char *buf, const http_request *req,
+int http_serve_static(http_worker *w, rx_conn *c, const char *buf, const http_request *req,
                       int conn_mode) {
     rx_buffer *out = rx_conn_output(c);
     char rel[4096];
@@ -172,7 +172,7 @@ int http_serve_static(http_server *srv, rx_conn *c, const char *buf, const http_
     int fd = -1;
     struct stat st;
     if (status == 0) {
-        fd = open_beneath(srv->root_fd, rel);
+        fd = open_beneath(w->srv->root_fd, rel);
         if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
             int index = open_beneath(fd, "index.html");
             close(fd);
@@ -189,7 +189,7 @@ int http_serve_static(http_server *srv, rx_conn *c, const char *buf, const http_
     if (status != 0) {
         if (fd >= 0)
             close(fd);
-        int rc = http_write_error(srv, out, status, conn_mode, NULL, head);
+        int rc = http_write_error(w, out, status, conn_mode, NULL, head);
         return rc < 0 ? rc : status;
     }
     char extra[80] = "Last-Modified: ";
@@ -197,13 +197,13 @@ int http_serve_static(http_server *srv, rx_conn *c, const char *buf, const http_
     strcat(extra, "\r\n");
     if (not_modified(buf, req, st.st_mtime)) {
         close(fd);
-        int rc = http_write_head(srv, out, 304, NULL, 0, conn_mode, extra);
+        int rc = http_write_head(w, out, 304, NULL, 0, conn_mode, extra);
         return rc < 0 ? rc : 304;
     }
-    int rc = http_write_head(srv, out, 200, mime_for(rel), (uint64_t)st.st_size, conn_mode, extra);
+    int rc = http_write_head(w, out, 200, mime_for(rel), (uint64_t)st.st_size, conn_mode, extra);
     if (rc < 0 || head || st.st_size == 0)
         close(fd);
-    else if (srv->cfg.sendfile)
+    else if (w->cfg->sendfile)
         rc = rx_conn_sendfile(c, fd, 0, (size_t)st.st_size); /* closes fd, also on failure */
     else
         rc = copy_body(c, fd, (size_t)st.st_size); /* --tune no-sendfile */

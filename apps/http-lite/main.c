@@ -1,5 +1,5 @@
-/* rx-http: the HTTP-lite demo server. Options, the listening server, signals for a graceful stop
- * and the access log. */
+/* rx-http: the HTTP-lite demo server. Options, the loops (--threads) and the listening server
+ * spread over them (--spread), signals for a graceful stop and the access log. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -20,6 +20,10 @@ static void usage(FILE *out) {
             "usage: rx-http [options]\n"
             "  --listen ADDR            127.0.0.1:PORT, [::1]:PORT or unix:/path "
             "(default 127.0.0.1:8080)\n"
+            "  --threads N              loops, one thread each (default 1, 0: one per CPU)\n"
+            "  --spread MODE            how connections reach the loops: handoff (one loop "
+            "accepts,\n"
+            "                           default) or reuseport (a listener per loop)\n"
             "  --root DIR               static files (default %s)\n"
             "  --idle-timeout S         close a keep-alive connection idle this long "
             "(default 30, 0: never)\n"
@@ -35,15 +39,11 @@ static void usage(FILE *out) {
             RX_HTTP_DEFAULT_ROOT);
 }
 
-/* Before each poll: hand the lines of this iteration to the kernel in one write. */
+/* Before each poll of each loop: hand the lines of this iteration to the kernel in one write
+ * (stdio locks the FILE, which every loop shares). */
 static void flush_log(void *arg) {
     http_server *srv = arg;
     fflush(srv->log);
-}
-
-static void on_stopped(void *arg) {
-    http_server *srv = arg;
-    rx_loop_stop(srv->loop);
 }
 
 static void on_shed(rx_listener *l, void *arg) {
@@ -51,15 +51,9 @@ static void on_shed(rx_listener *l, void *arg) {
     app_on_shed(l, &srv->shed);
 }
 
-static void on_signal(rx_signal *sig, int signo, void *arg) {
-    (void)sig;
-    http_server *srv = arg;
-    fprintf(stderr, "rx-http: %s, stopping\n", strsignal(signo));
-    rx_server_stop(srv->server, 5000, on_stopped, srv);
-}
-
-/* Options into cfg and opts. Returns 0, or the exit status for bad usage. */
-static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *opts, bool *help) {
+/* Options into cfg, opts and threads. Returns 0, or the exit status for bad usage. */
+static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *opts,
+                      unsigned *threads, bool *help) {
     static const char *const app_switches[] = {"no-batch", "no-date-cache", "no-sendfile", NULL};
     bool app_off[3] = {false, false, false};
     static const struct option longopts[] = {
@@ -72,6 +66,8 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
         {"max-conns", required_argument, NULL, 'm'},
         {"access-log", required_argument, NULL, 'a'},
         {"tune", required_argument, NULL, 'T'},
+        {"threads", required_argument, NULL, 'n'},
+        {"spread", required_argument, NULL, 's'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -95,6 +91,14 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
             cfg->batch = !app_off[0];
             cfg->date_cache = !app_off[1];
             cfg->sendfile = !app_off[2];
+            continue;
+        case 'n':
+            if (app_parse_threads("rx-http", optarg, threads) < 0)
+                return 2;
+            continue;
+        case 's':
+            if (app_parse_spread("rx-http", optarg, &opts->spread) < 0)
+                return 2;
             continue;
         case 'h':
             *help = true;
@@ -157,7 +161,7 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
 }
 
 int main(int argc, char **argv) {
-    static http_server srv; /* large (it holds a request struct): not on the stack */
+    static http_server srv; /* shared by every loop; a static: zeroed */
     srv.cfg = (http_config){
         .listen = "127.0.0.1:8080",
         .root = RX_HTTP_DEFAULT_ROOT,
@@ -176,7 +180,8 @@ int main(int argc, char **argv) {
         .arg = &srv,
     };
     bool help = false;
-    int rc = parse_args(argc, argv, &srv.cfg, &opts, &help);
+    unsigned threads = 1;
+    int rc = parse_args(argc, argv, &srv.cfg, &opts, &threads, &help);
     if (help) {
         usage(stdout);
         return 0;
@@ -196,41 +201,54 @@ int main(int argc, char **argv) {
         }
         setvbuf(srv.log, NULL, _IOFBF, 64 * 1024);
     }
-    http_session_setup(&srv);
     unsigned long long nofile = app_raise_nofile();
-    srv.loop = rx_loop_new();
-    if (!srv.loop) {
-        fprintf(stderr, "rx-http: cannot create the loop: %s\n", strerror(errno));
+    srv.shed.prog = "rx-http";
+    app_run run = {.prog = "rx-http"};
+    srv.group = run.group = rx_loop_group_new(threads);
+    if (!srv.group) {
+        fprintf(stderr, "rx-http: cannot create the loops: %s\n", strerror(errno));
         return 1;
     }
-    opts.listen = srv.cfg.listen;
-    opts.max_conns = srv.cfg.max_conns;
-    opts.listener.on_shed = on_shed;
-    srv.shed = (app_shed){.prog = "rx-http", .loop = srv.loop};
-    srv.server = rx_server_new(srv.loop, &opts);
-    if (!srv.server) {
-        fprintf(stderr, "rx-http: cannot listen on %s: %s\n", srv.cfg.listen, strerror(errno));
-        rx_loop_free(srv.loop);
-        return 1;
-    }
-    if (!rx_signal_new(srv.loop, SIGINT, on_signal, &srv) ||
-        !rx_signal_new(srv.loop, SIGTERM, on_signal, &srv)) {
-        fprintf(stderr, "rx-http: cannot watch signals: %s\n", strerror(errno));
-        return 1;
-    }
-    if (srv.log && rx_loop_add_hook(srv.loop, flush_log, &srv) < 0) {
+    /* One worker per loop, made before any loop runs: the loops only read the array. */
+    if (http_session_setup(&srv) < 0) {
         fprintf(stderr, "rx-http: out of memory\n");
         return 1;
     }
+    srv.loop = rx_loop_group_loop(srv.group, 0);
+    opts.listen = srv.cfg.listen;
+    opts.max_conns = srv.cfg.max_conns;
+    opts.listener.on_shed = on_shed;
+    opts.group = srv.group;
+    srv.server = run.server = rx_server_new(srv.loop, &opts);
+    if (!srv.server) {
+        fprintf(stderr, "rx-http: cannot listen on %s: %s\n", srv.cfg.listen, strerror(errno));
+        rx_loop_group_free(srv.group);
+        http_session_cleanup(&srv);
+        return 1;
+    }
+    if (app_watch_signals(&run) < 0)
+        return 1;
+    /* Set up from this thread before the group starts, as rx_loop_group_new allows. */
+    for (unsigned i = 0; srv.log && i < srv.nworkers; i++) {
+        if (rx_loop_add_hook(srv.workers[i].loop, flush_log, &srv) < 0) {
+            fprintf(stderr, "rx-http: out of memory\n");
+            return 1;
+        }
+    }
     char where[RX_ADDR_STRLEN];
     rx_addr_format(rx_server_addr(srv.server), where, sizeof(where));
-    printf("rx-http listening on http://%s/ (root %s, open files limit %llu)\n", where,
-           srv.cfg.root, nofile);
+    printf("rx-http listening on http://%s/ (root %s, %u thread%s, spread %s, open files limit "
+           "%llu)\n",
+           where, srv.cfg.root, srv.nworkers, srv.nworkers == 1 ? "" : "s",
+           app_spread_name(opts.spread), nofile);
     fflush(stdout);
 
-    rc = rx_loop_run(srv.loop);
+    rc = app_run_group(&run);
+    /* The threads are joined: what is left (connections aborted here, whose on_close counts them)
+     * runs on this thread, and only then are the workers' counters final. */
     rx_server_free(srv.server);
-    rx_loop_free(srv.loop);
+    rx_loop_group_free(srv.group);
+    http_stats_sum(&srv, &srv.stats);
     http_session_cleanup(&srv);
     close(srv.root_fd);
     if (srv.log && srv.log != stdout)
