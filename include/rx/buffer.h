@@ -1,4 +1,5 @@
-/* rx_buffer: a contiguous growable byte buffer with free space in front (prepend) and behind. */
+/* rx_buffer: a contiguous growable byte buffer with free space in front (prepend) and behind.
+ * No locking: a buffer is used by one thread at a time (a connection's, by its loop's thread). */
 #ifndef RX_BUFFER_H
 #define RX_BUFFER_H
 

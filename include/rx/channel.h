@@ -1,4 +1,6 @@
-/* rx_channel: one file descriptor watched by a loop, with an interest mask and one callback. */
+/* rx_channel: one file descriptor watched by a loop, with an interest mask and one callback.
+ * A channel belongs to its loop's thread: call these functions only there (debug builds abort
+ * with a message otherwise). */
 #ifndef RX_CHANNEL_H
 #define RX_CHANNEL_H
 

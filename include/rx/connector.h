@@ -1,5 +1,5 @@
 /* rx_connect: the client side: a non-blocking connect with a timeout and retries, giving an
- * ordinary rx_conn. */
+ * ordinary rx_conn, which belongs to the loop's thread like any other (see conn.h). */
 #ifndef RX_CONNECTOR_H
 #define RX_CONNECTOR_H
 

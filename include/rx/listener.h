@@ -1,4 +1,5 @@
-/* rx_listener: a listening socket that accepts in batches and survives running out of fds. */
+/* rx_listener: a listening socket that accepts in batches and survives running out of fds. A
+ * listener belongs to its loop's thread: call these functions only there. */
 #ifndef RX_LISTENER_H
 #define RX_LISTENER_H
 

@@ -1,4 +1,6 @@
-/* rx_timer: one-shot and repeating monotonic timers with millisecond resolution (a min-heap). */
+/* rx_timer: one-shot and repeating monotonic timers with millisecond resolution (a min-heap).
+ * A timer belongs to its loop's thread: call these functions only there (debug builds abort with
+ * a message otherwise); from another thread, post a task to the loop. */
 #ifndef RX_TIMER_H
 #define RX_TIMER_H
 
