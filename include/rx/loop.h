@@ -19,7 +19,9 @@ rx_loop *rx_loop_new(void);
 
 /* Releases the loop and everything still registered on it: first channels (and their owned fds)
  * with their destructors (a connection's on_close runs here), then signal watchers, timers,
- * posted tasks that never ran, and last the loop's own fds. A destructor may still call
+ * posted tasks that never ran, and last the loop's own fds. Work submitted for the loop
+ * (rx/work.h) is settled with the posted tasks: queued requests are cancelled, running ones waited
+ * for, and every done still due runs here (0 or -ECANCELED). A destructor may still call
  * rx_loop_post and rx_loop_stop (the task is then dropped unrun). Must not be called from
  * inside rx_loop_run. */
 void rx_loop_free(rx_loop *loop);

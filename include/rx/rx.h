@@ -7,11 +7,13 @@
 #include <rx/channel.h>
 #include <rx/conn.h>
 #include <rx/connector.h>
+#include <rx/file.h>
 #include <rx/group.h>
 #include <rx/listener.h>
 #include <rx/loop.h>
 #include <rx/server.h>
 #include <rx/signal.h>
 #include <rx/timer.h>
+#include <rx/work.h>
 
 #endif

@@ -113,6 +113,9 @@ struct rx_loop {
     atomic_bool wake_pending;
     int wakefd;
     rx_channel *wake_channel;
+    /* Work requests for this loop that are queued or running in some pool (work.c), under
+     * post_lock: rx_loop_free settles them. */
+    struct rx_work *work;
 
     /* Buffers lent to one connection at a time (scratch.h). */
     char *scratch[RX_SCRATCH_KINDS];
@@ -138,7 +141,15 @@ RX_INTERNAL void rx_channel_close_all(rx_loop *loop, bool internal);
 RX_INTERNAL int rx_post_init(rx_loop *loop);
 RX_INTERNAL void rx_post_run(rx_loop *loop);
 RX_INTERNAL void rx_post_wake(rx_loop *loop);
+RX_INTERNAL void rx_post_write_wake(rx_loop *loop);
+/* Appends a task whose memory the queue takes over (freed with rx_sys.free once run or dropped),
+ * post_lock held. Returns true when the caller must wake the loop (rx_post_write_wake). */
+RX_INTERNAL bool rx_post_append_locked(rx_loop *loop, struct rx_task *task);
 RX_INTERNAL void rx_post_free(rx_loop *loop);
+
+/* Work (work.c): cancels this loop's queued requests and waits for its running ones, so that
+ * every completion is in the post queue; called by rx_post_free until nothing is left. */
+RX_INTERNAL void rx_work_settle(rx_loop *loop);
 
 /* Signals (signal.c). rx_signal_free_all takes the loop out of the process-wide registry of
  * watching loops, after which no other loop forwards (posts) to it: call it before rx_post_free. */

@@ -34,7 +34,7 @@ int rx_post_init(rx_loop *loop) {
     return rx_channel_set_interest(loop->wake_channel, RX_READABLE);
 }
 
-static void write_wake(rx_loop *loop) {
+void rx_post_write_wake(rx_loop *loop) {
     uint64_t one = 1;
     /* EAGAIN means the counter is saturated, which still wakes the loop. */
     while (write(loop->wakefd, &one, sizeof(one)) < 0 && errno == EINTR) {
@@ -46,7 +46,17 @@ void rx_post_wake(rx_loop *loop) {
     bool need = !atomic_exchange(&loop->wake_pending, true);
     pthread_mutex_unlock(&loop->post_lock);
     if (need)
-        write_wake(loop);
+        rx_post_write_wake(loop);
+}
+
+bool rx_post_append_locked(rx_loop *loop, struct rx_task *task) {
+    task->next = NULL;
+    if (loop->post_tail)
+        loop->post_tail->next = task;
+    else
+        loop->post_head = task;
+    loop->post_tail = task;
+    return !atomic_exchange(&loop->wake_pending, true);
 }
 
 int rx_loop_post(rx_loop *loop, rx_task_fn fn, void *arg) {
@@ -62,17 +72,11 @@ int rx_loop_post_drop(rx_loop *loop, rx_task_fn fn, rx_task_fn drop, void *arg) 
     task->fn = fn;
     task->drop = drop;
     task->arg = arg;
-    task->next = NULL;
     pthread_mutex_lock(&loop->post_lock);
-    if (loop->post_tail)
-        loop->post_tail->next = task;
-    else
-        loop->post_head = task;
-    loop->post_tail = task;
-    bool need = !atomic_exchange(&loop->wake_pending, true);
+    bool need = rx_post_append_locked(loop, task);
     pthread_mutex_unlock(&loop->post_lock);
     if (need)
-        write_wake(loop);
+        rx_post_write_wake(loop);
     return 0;
 }
 
@@ -99,11 +103,18 @@ void rx_post_run(rx_loop *loop) {
 void rx_post_free(rx_loop *loop) {
     if (loop->wakefd < 0)
         return; /* rx_post_init never got that far */
-    /* A drop function may post again (handing its work on): those tasks are dropped too, until the
-     * queue stays empty. */
-    while (loop->post_head) {
+    /* A drop function may post again (handing its work on), or submit work: those tasks are
+     * dropped too, until the queue stays empty. Work requests still unfinished are settled first
+     * (cancelled, or waited for), which posts their completions here. */
+    for (;;) {
+        rx_work_settle(loop);
+        /* Under the lock: work submitted by a drop function may finish on a pool thread now. */
+        pthread_mutex_lock(&loop->post_lock);
         struct rx_task *task = loop->post_head;
         loop->post_head = loop->post_tail = NULL;
+        pthread_mutex_unlock(&loop->post_lock);
+        if (!task)
+            break;
         while (task) {
             struct rx_task *next = task->next;
             if (task->drop)

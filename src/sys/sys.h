@@ -4,9 +4,11 @@
 #ifndef RX_SYS_H
 #define RX_SYS_H
 
+#include <linux/openat2.h>
 #include <stddef.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -23,6 +25,9 @@ struct rx_sys_ops {
     ssize_t (*sendfile)(int out_fd, int in_fd, off_t *offset, size_t count);
     int (*accept4)(int fd, struct sockaddr *addr, socklen_t *len, int flags);
     int (*epoll_ctl)(int epfd, int op, int fd, struct epoll_event *ev);
+    /* The file calls of rx/file.h, which work functions use. openat2 has no libc wrapper. */
+    int (*openat2)(int dirfd, const char *path, const struct open_how *how);
+    int (*fstat)(int fd, struct stat *st);
     void *(*malloc)(size_t n);
     void *(*realloc)(void *p, size_t n);
     void *(*calloc)(size_t count, size_t n);
