@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,33 @@ static void sf_data(rx_conn *c, rx_buffer *in, void *arg) {
     sf_file = -1;
     ck_assert_int_eq(tu_send_pattern(c, 1000 + 200 * KiB, 10), 0);
 }
+
+/* sendfile has no MSG_NOSIGNAL: on a socket whose write side is gone it fails with EPIPE and
+ * raises SIGPIPE, which kills a process that did not ignore it (rx-http under wrk, issue 11). rx
+ * takes the signal back: with SIGPIPE at its default action the process survives, the connection
+ * closes as reset with -EPIPE, and no SIGPIPE is left pending. */
+START_TEST(test_sendfile_epipe_raises_no_sigpipe) {
+    struct sigaction dfl = {.sa_handler = SIG_DFL}, old;
+    ck_assert_int_eq(sigaction(SIGPIPE, &dfl, &old), 0);
+    rx_loop *loop = rx_loop_new();
+    tu_tr t = {0};
+    int b;
+    rx_conn *c = tu_conn_pair(loop, false, NULL, &tu_tr_cbs, &t, &b);
+    /* As a peer's reset would, but deterministic: the next sendfile gets EPIPE. */
+    ck_assert_int_eq(shutdown(rx_conn_fd(c), SHUT_WR), 0);
+    int rc = rx_conn_sendfile(c, tu_pattern_file(64 * KiB), 0, 64 * KiB);
+    ck_assert(rc == 0 || rc == -EPIPE);
+    tu_tr_wait_close(loop, &t, 2000, RX_CLOSE_RESET);
+    ck_assert_int_eq(t.err, -EPIPE);
+    sigset_t pending;
+    ck_assert_int_eq(sigpending(&pending), 0);
+    ck_assert(!sigismember(&pending, SIGPIPE));
+    ck_assert_int_eq(sigaction(SIGPIPE, &old, NULL), 0);
+    close(b);
+    tu_tr_free(&t);
+    rx_loop_free(loop);
+}
+END_TEST
 
 START_TEST(test_sendfile_in_on_data) {
     rx_loop *loop = rx_loop_new();
@@ -600,6 +628,7 @@ static Suite *conn_io_suite(void) {
     TCase *tc = tu_tcase(s, "core", 30);
     tcase_add_test(tc, test_echo_counters_addrs);
     tcase_add_test(tc, test_sendfile_order);
+    tcase_add_test(tc, test_sendfile_epipe_raises_no_sigpipe);
     tcase_add_test(tc, test_sendfile_in_on_data);
     tcase_add_test(tc, test_sendv_three_iovecs);
     tcase_add_test(tc, test_partial_input_kept);

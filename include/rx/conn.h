@@ -118,7 +118,8 @@ int rx_conn_send(rx_conn *c, const void *data, size_t n);
 int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt);
 
 /* Queues len bytes of file fd from offset, after everything queued before, sent with sendfile.
- * The connection takes ownership of fd and closes it when sent or on close (also on error).
+ * The connection takes ownership of fd and closes it when sent or on close (also on error). A
+ * peer's reset never raises SIGPIPE (rx blocks it around sendfile and takes it back).
  * Returns 0, -EPIPE, -ENOMEM. */
 int rx_conn_sendfile(rx_conn *c, int fd, off_t offset, size_t len);
 

@@ -4,6 +4,8 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -39,12 +41,31 @@ void rx_conn_release_files(rx_conn *c) {
     c->files = NULL;
 }
 
+/* sendfile has no MSG_NOSIGNAL: on a socket whose peer reset it, it fails with EPIPE and raises
+ * SIGPIPE, which kills a process that does not ignore it. So SIGPIPE is blocked in this thread
+ * around the call, and the one the call raised is taken back before the mask is restored. */
+static ssize_t sendfile_nosignal(int sock, int fd, off_t *offset, size_t n) {
+    sigset_t pipe, old;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &old);
+    ssize_t r = rx_sys.sendfile(sock, fd, offset, n);
+    int err = errno;
+    if (r < 0 && err == EPIPE) {
+        static const struct timespec now = {0, 0};
+        sigtimedwait(&pipe, NULL, &now);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = err;
+    return r;
+}
+
 /* One sendfile of the range at the head of the queue. */
 static ssize_t send_file_range(rx_conn *c, size_t cap) {
     struct rx_file_queue *q = c->files;
     struct rx_file_seg *seg = &q->seg[q->head];
     size_t chunk = seg->len < cap ? seg->len : cap;
-    ssize_t n = rx_sys.sendfile(rx_conn_sock(c), seg->fd, &seg->offset, chunk);
+    ssize_t n = sendfile_nosignal(rx_conn_sock(c), seg->fd, &seg->offset, chunk);
     if (n == 0) {
         errno = EIO; /* the file shrank under us: the promised bytes cannot come */
         return -1;
