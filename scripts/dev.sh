@@ -248,12 +248,13 @@ cmd_test() {
     else
         echo "[valgrind] skipped: the plain build failed" >&2
     fi
-    # ThreadSanitizer: the unit suites (the group and threads suites among them) and both apps'
-    # integration tests, every app server running 4 loops (RX_TEST_THREADS adds --threads 4).
+    # ThreadSanitizer: the unit suites (the group, threads and work suites among them) and the
+    # integration tests, every app server running 4 loops (RX_TEST_THREADS adds --threads 4) and
+    # every rx-http serving files through a pool of 2 threads (RX_TEST_IO_THREADS).
     # halt_on_error makes any report end its process with status 66: the libcheck test (or the
     # integration test, which also scans the server's stderr for reports) fails.
     if build_dir tsan build-ci-tsan "${common[@]}" -Db_sanitize=thread -Db_lundef=false; then
-        RX_TEST_THREADS=4 TSAN_OPTIONS='halt_on_error=1 exitcode=66 second_deadlock_stack=1' \
+        RX_TEST_THREADS=4 RX_TEST_IO_THREADS=2 TSAN_OPTIONS='halt_on_error=1 exitcode=66 second_deadlock_stack=1' \
             test_pass tsan build-ci-tsan testlog.json --suite unit --suite integration \
             --print-errorlogs --num-processes 2
     fi

@@ -1,6 +1,8 @@
 """The example servers as the integration tests run them: a real binary listening on an
 ephemeral 127.0.0.1 port, stopped by a signal to its PID. With RX_TEST_THREADS=N in the
-environment every server runs N loops (--threads N) unless the test chose its own --threads."""
+environment every server runs N loops (--threads N) unless the test chose its own --threads; with
+RX_TEST_IO_THREADS=N every rx-http serves files through a work pool (--io-threads N) unless the
+test chose its own."""
 import os
 import re
 import resource
@@ -12,11 +14,16 @@ import time
 
 
 def env_threads(argv):
-    """The flags RX_TEST_THREADS adds to argv: none when unset or when argv has --threads."""
+    """The flags RX_TEST_THREADS and RX_TEST_IO_THREADS add to argv: none for a variable that is
+    unset or whose flag argv has already."""
+    flags = []
     n = os.environ.get("RX_TEST_THREADS")
-    if not n or "--threads" in argv:
-        return []
-    return ["--threads", n]
+    if n and "--threads" not in argv:
+        flags += ["--threads", n]
+    n = os.environ.get("RX_TEST_IO_THREADS")
+    if n and "--io-threads" not in argv and os.path.basename(argv[0]) == "rx-http":
+        flags += ["--io-threads", n]
+    return flags
 
 
 class AppServer:

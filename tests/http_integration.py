@@ -4,6 +4,7 @@ curl, http.client and raw sockets. Usage: http_integration.py RX_HTTP_BINARY WWW
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -667,20 +668,26 @@ class HttpLite(unittest.TestCase):
         self.assertIn("2xx", st["responses"])
 
 
+def read_head_bytes(data):
+    """(status, headers, rest) of the response head at the start of data."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        raise AssertionError("a cut response head: %r" % head[:200])
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip()
+               for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split(" ")[1]), headers, rest
+
+
 def split_responses(data):
     """The (status, headers, body) of each Content-Length response in data, in order."""
     out = []
     while data:
-        head, sep, data = data.partition(b"\r\n\r\n")
-        if not sep:
-            raise AssertionError("a cut response head: %r" % head[:200])
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip()
-                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        status, headers, data = read_head_bytes(data)
         n = int(headers.get("content-length", "0"))
         if len(data) < n:
             raise AssertionError("a cut body")
-        out.append((int(lines[0].split(" ")[1]), headers, data[:n]))
+        out.append((status, headers, data[:n]))
         data = data[n:]
     return out
 
@@ -808,6 +815,89 @@ class HttpThreads(unittest.TestCase):
         self.assertIn("rx-http: 7 connections, 7 requests", err)
 
 
+class HttpIoThreads(unittest.TestCase):
+    """--io-threads: static files looked up, and the access log written, on a work pool."""
+
+    def test_files_through_the_pool_answer_in_order(self):
+        """200 clients at once, each pipelining static files (found, a directory's index.html,
+        missing, HEAD, If-Modified-Since) between requests the loop answers itself: every
+        answer right and in its place, on 2 loops sharing a pool of 3 threads."""
+        with open(os.path.join(WWW, "hello.txt"), "rb") as f:
+            hello = f.read()
+        with open(os.path.join(WWW, "index.html"), "rb") as f:
+            index = f.read()
+        srv = Server("--threads", "2", "--io-threads", "3")
+        try:
+            self.assertIn("3 I/O threads", srv.first_line)
+            future = "Sat, 01 Jan 2050 00:00:00 GMT"
+            req = (b"GET /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+                   b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n"
+                   b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+                   b"GET /no/such/file HTTP/1.1\r\nHost: t\r\n\r\n"
+                   b"HEAD /hello.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+                   b"GET /hello.txt HTTP/1.1\r\nHost: t\r\nIf-Modified-Since: %s\r\n\r\n"
+                   b"GET /json HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                   % future.encode())
+            got = exchange_concurrently(srv.port, [req] * 200, half_close=False)
+            for i, data in enumerate(got):
+                # HEAD and 304 have no body: split by hand around them.
+                s1, h1, rest = read_head_bytes(data)
+                self.assertEqual(s1, 200, i)
+                self.assertEqual(rest[:len(hello)], hello, i)
+                rest = rest[len(hello):]
+                answers = []
+                for head_only in (False, False, False, True, True, False):
+                    st, hd, rest = read_head_bytes(rest)
+                    n = 0 if head_only else int(hd.get("content-length", "0"))
+                    answers.append((st, rest[:n]))
+                    rest = rest[n:]
+                self.assertEqual(rest, b"", i)
+                self.assertEqual(answers, [(200, b"Hello, World!"), (200, index),
+                                           (404, http_reason_body(404)), (200, b""), (304, b""),
+                                           (200, b'{"message":"Hello, World!"}')], i)
+        finally:
+            rc, _, err = srv.stop()
+        self.assertEqual(rc, 0, err)
+        self.assertIn("rx-http: 200 connections, 1400 requests", err)
+
+    def test_access_log_written_by_the_pool(self):
+        """50 clients, 4 requests each, 2 loops: after SIGTERM the log holds every line once,
+        each client's in the order of its requests."""
+        with tempfile.TemporaryDirectory() as tmp:
+            log = os.path.join(tmp, "access.log")
+            srv = Server("--threads", "2", "--io-threads", "2", "--access-log", log)
+            try:
+                paths = [b"/hello.txt", b"/plaintext", b"/missing", b"/json"]
+                req = b"".join(b"GET %s?c=%%d HTTP/1.1\r\nHost: t\r\n\r\n" % p for p in paths)
+                reqs = [req.replace(b"%d", str(i).encode()) for i in range(50)]
+                reqs = [r[:-4] + b"\r\nConnection: close\r\n\r\n" for r in reqs]
+                exchange_concurrently(srv.port, reqs, half_close=False)
+            finally:
+                rc, _, err = srv.stop()
+            self.assertEqual(rc, 0, err)
+            with open(log) as f:
+                lines = f.read().splitlines()
+        self.assertEqual(len(lines), 200, lines[:5])
+        want = {"/hello.txt": 200, "/plaintext": 200, "/missing": 404, "/json": 200}
+        per_client = {}
+        for line in lines:
+            m = re.match(r'^127\.0\.0\.1:\d+ "GET (/[a-z.]+)\?c=(\d+) HTTP/1\.1" (\d+) \d+$',
+                         line)
+            self.assertIsNotNone(m, line)
+            self.assertEqual(int(m.group(3)), want[m.group(1)], line)
+            per_client.setdefault(m.group(2), []).append(m.group(1))
+        self.assertEqual(len(per_client), 50)
+        for c, seen in per_client.items():
+            self.assertEqual(seen, [p.decode() for p in paths], c)
+
+    def test_bad_io_threads_exit_2(self):
+        for value in ("x", "-1", "1025", ""):
+            r = subprocess.run([BINARY, "--io-threads", value], capture_output=True, text=True,
+                               timeout=10)
+            self.assertEqual(r.returncode, 2, value)
+            self.assertIn("--io-threads", r.stderr)
+
+
 def main():
     global BINARY, WWW
     BINARY, WWW = sys.argv[1], sys.argv[2]
@@ -815,7 +905,7 @@ def main():
         print("curl not found; install it (apt-get install curl)", file=sys.stderr)
         return 1
     load = unittest.defaultTestLoader.loadTestsFromTestCase
-    suite = unittest.TestSuite([load(HttpLite), load(HttpThreads)])
+    suite = unittest.TestSuite([load(HttpLite), load(HttpThreads), load(HttpIoThreads)])
     result = unittest.TextTestRunner(verbosity=2).run(suite)
     return 0 if result.wasSuccessful() else 1
 

@@ -30,6 +30,7 @@ static void server_init(rx_loop *loop) {
                             .sendfile = true};
     srv.loop = loop;
     srv.root_fd = -1;
+    srv.log_fd = -1;
     http_session_setup(&srv);
 }
 

@@ -23,8 +23,10 @@ typedef struct http_config {
     uint64_t max_body_bytes;
     size_t max_conns;
     const char *access_log; /* NULL: none; "-": stdout */
+    unsigned io_threads;    /* work pool threads for file lookups and log writes; 0: inline */
     /* --tune: techniques switched off, for benchmarks */
     bool backpressure, batch, date_cache, sendfile;
+    bool cached_open; /* with io_threads, try the lookup on the loop first (RESOLVE_CACHED) */
 } http_config;
 
 /* A counter of one loop. Only its loop's thread writes it, with a relaxed load and store
@@ -75,9 +77,18 @@ typedef struct http_worker {
     uint64_t date_next_ms; /* loop time at which the wall-clock second changes */
     void *req_pool;        /* recycled request structs for requests that span reads */
     void *session_pool;    /* recycled sessions */
+    void *job_pool;        /* recycled file jobs (--io-threads) */
     int last_status;       /* of the last response head written, for the access log */
     unsigned long long last_length;
-    bool stopping;    /* the server stops: every answer closes its connection */
+    bool stopping; /* the server stops: every answer closes its connection */
+    /* The access log: lines are appended to log_fill; before each poll they go to the file, with
+     * --io-threads as a work request (log_out is then the buffer being written), else inline. */
+    rx_buffer log_bufs[2];
+    rx_buffer *log_fill, *log_out;
+    bool log_writing;               /* a write of log_out is on the pool */
+    int log_err;                    /* the last write's result, set by the pool thread */
+    unsigned long long log_dropped; /* lines dropped: the file did not keep up, or failed */
+    bool log_warned;
     char *stats_body; /* room for the /stats body, sized for every loop at setup */
     size_t stats_cap;
     http_request shared_req; /* parse target of requests that arrive whole */
@@ -87,8 +98,9 @@ typedef struct http_worker {
 typedef struct http_server {
     char arg_kind; /* HTTP_ARG_SERVER: the server is opts.arg, every connection's first arg */
     http_config cfg;
-    int root_fd; /* an O_PATH descriptor of --root: files are opened beneath it only */
-    FILE *log;   /* one for every loop: stdio locks it for each line; each loop flushes it */
+    int root_fd;          /* an O_PATH descriptor of --root: files are opened beneath it only */
+    int log_fd;           /* the access log (O_APPEND: each loop writes whole lines), -1: none */
+    rx_work_pool *pool;   /* --io-threads: file lookups and log writes; NULL: on the loops */
     rx_loop_group *group; /* one worker per loop of it; NULL: one worker, on `loop` */
     rx_loop *loop;        /* the server's (with a group, loop 0: signals, accepts in handoff) */
     rx_server *server;
@@ -106,16 +118,21 @@ enum { HTTP_CONN_CLOSE, HTTP_CONN_KEEP, HTTP_CONN_KEEP_10 };
  * connections' high-water mark. */
 #define HTTP_OUTPUT_LIMIT (256 * 1024)
 
-/* Connection callbacks (http_session.c); the server's rx_server_opts.arg must be srv, given to
- * http_session_setup first (after cfg, root_fd, log and group, or loop without a group, are set),
- * which makes the workers: returns 0 or -ENOMEM. http_session_cleanup frees them and their
- * recycled memory, once the loops are freed. */
+/* Connection callbacks (http_session.c). The server's rx_server_opts.arg must be srv, given to
+ * http_session_setup first (http_worker.c: after cfg, root_fd, log_fd, pool and group, or loop
+ * without a group, are set), which makes the workers: returns 0 or -ENOMEM. Once the loops and
+ * the pool are freed, http_session_cleanup writes what is left of the access log and frees the
+ * workers and their recycled memory. */
 extern const rx_conn_callbacks http_session_callbacks;
 int http_session_setup(http_server *srv);
 void http_session_cleanup(http_server *srv);
 
 /* Sums every loop's counters: each exact, though not all read at one instant. Any thread. */
 void http_stats_sum(const http_server *srv, http_totals *out);
+
+/* The /stats body for a request on w's loop: every loop's counters and their sums, in w's buffer
+ * (good until the next call on this loop). */
+const char *http_stats_body(http_worker *w);
 
 /* Response helpers (http_response.c). */
 const char *http_reason(int status);
@@ -135,11 +152,63 @@ int http_write_head(http_worker *w, rx_buffer *out, int status, const char *ctyp
 int http_write_error(http_worker *w, rx_buffer *out, int status, int conn_mode, const char *extra,
                      bool head_only);
 
+/* A static file request's lookup, which may run on a pool thread: what it needs of the request,
+ * copied (the request's bytes are gone by the time it runs), and what it found. */
+typedef struct http_file {
+    char rel[4096]; /* the decoded path beneath the root */
+    char ims[64];   /* the If-Modified-Since value; "" when none (or too long to be a date) */
+    int status; /* 0: fd is open on a regular file, described by st; else the status to answer */
+    int fd;
+    struct stat st;
+} http_file;
+
+/* Copies what the lookup needs of the request into f, decoding its path. Returns 0, or the status
+ * to answer (400, 403, 404; also left in f->status, and f->fd is -1). No I/O. */
+int http_file_prepare(http_file *f, const char *buf, const http_request *req);
+
+/* The lookup: opens f->rel beneath root_fd (index.html for a directory) and stats it through
+ * rx/file.h, so it blocks. Sets f->status, and f->fd (owned by f) when it is 0. */
+void http_file_open(http_file *f, int root_fd);
+
+/* The lookup if the kernel can do it without waiting for a disk: every path component in its
+ * cache (openat2's RESOLVE_CACHED; fstat of an open file does no I/O there). Returns true when f
+ * is settled as http_file_open would, false (f unchanged) when the lookup needs the pool. */
+bool http_file_open_cached(http_file *f, int root_fd);
+
+/* Closes f->fd, if open (a lookup whose answer will not be sent). */
+void http_file_discard(http_file *f);
+
+/* Answers the request from f: the error status, 304, or the head and the body (sendfile, or a copy
+ * with --tune no-sendfile). Takes f->fd. Returns the status sent, or a negative errno when the
+ * response could not be queued whole: the caller must then abort the connection. */
+int http_file_respond(http_worker *w, rx_conn *c, http_file *f, bool head, int conn_mode);
+
 /* Static files (http_static.c): answers GET/HEAD of `path` (still percent-encoded) under the
  * root; only regular files are served (anything else, a FIFO or a device, is a 403 and is never
  * read). Returns the status sent, or a negative errno when the response could not be queued
  * whole: the caller must then abort the connection, as a head may be queued without its body. */
 int http_serve_static(http_worker *w, rx_conn *c, const char *buf, const http_request *req,
                       int conn_mode);
+
+/* The access log (http_log.c). http_log_flush is the hook each loop runs before it polls: it
+ * hands the lines to the file. http_log_cleanup writes what is left, inline, and frees the
+ * buffers (from http_session_cleanup). */
+void http_log_flush(void *worker);
+void http_log_cleanup(http_server *srv);
+
+/* The start of a request's line, up to the request line: "peer "GET /x HTTP/1.1"". Written to
+ * out (cap bytes, NUL-terminated, cut if it does not fit). Returns its length. */
+size_t http_log_prefix(rx_conn *c, const char *buf, const http_request *req, char *out, size_t cap);
+
+/* The room http_log_prefix needs for req, NUL included. */
+size_t http_log_prefix_size(const http_request *req);
+
+/* Appends one line: the prefix, then the status and body length. */
+void http_log_line(http_worker *w, const char *prefix, size_t n, int status,
+                   unsigned long long length);
+
+/* Appends the line of a request just answered, with the status and body length of its response
+ * head (w->last_status, w->last_length). */
+void http_log_request(http_worker *w, rx_conn *c, const char *buf, const http_request *req);
 
 #endif

@@ -12,6 +12,8 @@
 
 typedef enum { TIMEOUT_NONE, TIMEOUT_HEADER, TIMEOUT_IDLE } timeout_mode;
 
+struct file_job;
+
 typedef struct session {
     char kind; /* HTTP_ARG_SESSION, first: see the arg life below */
     http_worker *w;
@@ -20,7 +22,8 @@ typedef struct session {
     http_request *req; /* borrowed while a request spans reads; NULL otherwise */
     bool in_body;      /* head parsed, waiting for the body */
     bool sent_continue;
-    bool paused; /* stopped processing for backpressure */
+    bool paused;          /* stopped processing for backpressure */
+    struct file_job *job; /* a static file's lookup is on the work pool: reading waits for it */
     http_chunked chunk;
     uint64_t header_deadline_ms; /* when the current head must be complete; 0: no head started */
     timeout_mode timeout;
@@ -64,6 +67,8 @@ static void sync_stats(session *s) {
     s->seen_in = in;
     s->seen_out = out;
 }
+
+static void session_release(session *s);
 
 static void set_timeout(session *s, timeout_mode mode, uint64_t ms) {
     if (s->timeout == mode && mode != TIMEOUT_HEADER)
@@ -171,53 +176,9 @@ static int respond_options(session *s, const char *buf, const http_request *req,
     return http_write_head(s->w, out, 204, NULL, 0, keep_alive, allow_for(buf, req));
 }
 
-/* One loop's counters, each with a relaxed load: exact, though the loop may go on meanwhile. */
-static void stats_read(const http_stats *st, http_totals *out) {
-    out->conns_open = http_counter_get(&st->conns_open);
-    out->conns_total = http_counter_get(&st->conns_total);
-    out->requests = http_counter_get(&st->requests);
-    out->bytes_in = http_counter_get(&st->bytes_in);
-    out->bytes_out = http_counter_get(&st->bytes_out);
-    for (int k = 0; k < 6; k++)
-        out->by_class[k] = http_counter_get(&st->by_class[k]);
-}
-
-static void totals_add(http_totals *t, const http_totals *one) {
-    t->conns_open += one->conns_open;
-    t->conns_total += one->conns_total;
-    t->requests += one->requests;
-    t->bytes_in += one->bytes_in;
-    t->bytes_out += one->bytes_out;
-    for (int k = 0; k < 6; k++)
-        t->by_class[k] += one->by_class[k];
-}
-
-/* Every loop's counters and their sums, from one pass of relaxed loads: the loops go on meanwhile,
- * but the totals are the sums of the per-loop values shown. The body goes into the worker's
- * buffer, sized for every loop at setup: nothing is allocated per request. */
+/* /stats: every loop's counters and their sums (http_worker.c). */
 static int respond_stats(session *s, const http_request *req, int keep_alive) {
-    const http_server *srv = s->w->srv;
-    char *body = s->w->stats_body;
-    size_t cap = s->w->stats_cap, n = 0;
-    http_totals t = {0}, one;
-    n += (size_t)snprintf(body, cap, "{\"loops\":[");
-    for (unsigned i = 0; i < srv->nworkers; i++) {
-        stats_read(&srv->workers[i].stats, &one);
-        totals_add(&t, &one);
-        n += (size_t)snprintf(
-            body + n, cap - n,
-            "%s{\"connections_open\":%llu,\"connections_total\":%llu,\"requests\":%llu}",
-            i ? "," : "", one.conns_open, one.conns_total, one.requests);
-        if (n >= cap) /* cap holds every line (see setup): this only keeps a miscount in bounds */
-            n = cap - 1;
-    }
-    snprintf(body + n, cap - n,
-             "],\"connections_open\":%llu,\"connections_total\":%llu,\"requests\":%llu,"
-             "\"bytes_in\":%llu,\"bytes_out\":%llu,\"responses\":{\"1xx\":%llu,\"2xx\":%llu,"
-             "\"3xx\":%llu,\"4xx\":%llu,\"5xx\":%llu}}\n",
-             t.conns_open, t.conns_total, t.requests, t.bytes_in, t.bytes_out, t.by_class[1],
-             t.by_class[2], t.by_class[3], t.by_class[4], t.by_class[5]);
-    return respond_fixed(s, req, keep_alive, "application/json", body);
+    return respond_fixed(s, req, keep_alive, "application/json", http_stats_body(s->w));
 }
 
 static int respond_echo(session *s, const char *buf, const http_request *req, const char *body,
@@ -237,15 +198,130 @@ static int respond_echo(session *s, const char *buf, const http_request *req, co
     return rc < 0 ? rc : rx_buffer_append(out, body, len);
 }
 
-/* One access-log line: peer, request line, status and body length of the response. */
-static void log_request(session *s, const char *buf, const http_request *req) {
-    rx_addr peer;
-    char who[RX_ADDR_STRLEN] = "-";
-    if (rx_conn_peer_addr(s->conn, &peer) == 0)
-        rx_addr_format(&peer, who, sizeof(who));
-    fprintf(s->w->srv->log, "%s \"%.*s %.*s HTTP/1.%d\" %d %llu\n", who, (int)req->method_name.len,
-            buf + req->method_name.off, (int)req->target.len, buf + req->target.off,
-            req->version_minor, s->w->last_status, s->w->last_length);
+/* How an answer ends its connection. Once the server stops, every answer is the connection's
+ * last (on_stop). */
+static int conn_mode(const http_worker *w, bool keep_alive, int version_minor) {
+    return !keep_alive || w->stopping ? HTTP_CONN_CLOSE
+           : version_minor == 0       ? HTTP_CONN_KEEP_10
+                                      : HTTP_CONN_KEEP;
+}
+
+/* After an answer: --tune no-batch writes each one at once; the last one closes. */
+static void answered(session *s, int ka) {
+    if (!s->w->cfg->batch)
+        rx_conn_flush(s->conn);
+    if (ka == HTTP_CONN_CLOSE)
+        rx_conn_close(s->conn);
+}
+
+/* A static file request out on the work pool (--io-threads): the lookup's input and output, and
+ * what the answer needs once it is back. */
+typedef struct file_job {
+    http_file f;
+    http_worker *w;
+    session *s; /* NULL once the connection closed: the answer is dropped */
+    rx_work *req;
+    bool head, keep_alive;
+    int version_minor;
+    char *log; /* the access-log line's prefix (the request is gone by then); NULL: no log */
+    size_t log_len;
+} file_job;
+
+static void job_free(file_job *j) {
+    http_file_discard(&j->f);
+    free(j->log);
+    pool_give(&j->w->job_pool, j);
+}
+
+/* On a pool thread: only the job and what the server never changes. */
+static void file_work(void *arg) {
+    file_job *j = arg;
+    http_file_open(&j->f, j->w->srv->root_fd);
+}
+
+/* Back on the loop: answer, log, and go on with the requests that waited. */
+static void file_done(void *arg, int status) {
+    file_job *j = arg;
+    session *s = j->s;
+    if (!s || (rx_conn_ended(s->conn) & RX_CONN_WRITE_ENDED)) {
+        if (s)
+            s->job = NULL;
+        job_free(j);
+        return;
+    }
+    http_worker *w = j->w;
+    rx_conn *c = s->conn;
+    s->job = NULL;
+    if (status < 0) { /* cancelled: the pool is being freed */
+        http_file_discard(&j->f);
+        j->f.status = 503;
+    }
+    int ka = conn_mode(w, j->keep_alive, j->version_minor);
+    int rc = http_file_respond(w, c, &j->f, j->head, ka);
+    if (rc >= 0 && j->log)
+        http_log_line(w, j->log, j->log_len, w->last_status, w->last_length);
+    job_free(j);
+    if (rc < 0) {
+        rx_conn_abort(c);
+        return;
+    }
+    answered(s, ka);
+    if (ka == HTTP_CONN_CLOSE) {
+        sync_stats(s);
+        return;
+    }
+    /* Requests that arrived meanwhile reach on_data before the next poll. */
+    rx_conn_resume_read(c);
+    if (rx_buffer_len(rx_conn_input(c)) > 0) {
+        sync_stats(s);
+        return;
+    }
+    set_timeout(s, TIMEOUT_IDLE, w->cfg->idle_timeout_ms);
+    session_release(s);
+}
+
+/* Sends a static file request to the work pool. Returns 0 when it went (s->job is set) or was
+ * answered at once (a path refused without a lookup, a lookup the kernel's cache answered, or 503
+ * when the pool's queue is full: the file system is behind, and the loop must not wait for it),
+ * or -ENOMEM. */
+static int start_file(session *s, const char *buf, const http_request *req, int ka) {
+    http_worker *w = s->w;
+    bool head = req->method == HTTP_M_HEAD;
+    file_job *j = pool_take(&w->job_pool, sizeof(*j));
+    if (!j)
+        return -ENOMEM;
+    j->w = w;
+    j->log = NULL;
+    /* A path refused without a lookup, or a lookup the kernel's cache answers at once (the hot
+     * case: a popular file), is answered here; only one that would wait for the disk goes. */
+    if (http_file_prepare(&j->f, buf, req) != 0 ||
+        (w->cfg->cached_open && http_file_open_cached(&j->f, w->srv->root_fd))) {
+        int rc = http_file_respond(w, s->conn, &j->f, head, ka);
+        job_free(j);
+        return rc;
+    }
+    j->s = s;
+    j->head = head;
+    j->keep_alive = req->keep_alive;
+    j->version_minor = req->version_minor;
+    if (w->srv->log_fd >= 0) {
+        size_t cap = http_log_prefix_size(req);
+        if (!(j->log = malloc(cap))) {
+            job_free(j);
+            return -ENOMEM;
+        }
+        j->log_len = http_log_prefix(s->conn, buf, req, j->log, cap);
+    }
+    int rc = rx_work_submit(w->srv->pool, w->loop, file_work, file_done, j, &j->req);
+    if (rc < 0) {
+        job_free(j);
+        return rc == -EAGAIN ? http_write_error(w, rx_conn_output(s->conn), 503, ka,
+                                                "Retry-After: 1\r\n", head)
+                             : rc;
+    }
+    s->job = j;
+    set_timeout(s, TIMEOUT_IDLE, w->cfg->idle_timeout_ms);
+    return 0;
 }
 
 /* Routes a complete request; body points into the input buffer. */
@@ -253,10 +329,7 @@ static void route(session *s, const char *buf, const http_request *req, const ch
                   size_t body_len) {
     http_worker *w = s->w;
     rx_buffer *out = rx_conn_output(s->conn);
-    /* Once the server stops, every answer is the connection's last (on_stop). */
-    int ka = !req->keep_alive || w->stopping ? HTTP_CONN_CLOSE
-             : req->version_minor == 0       ? HTTP_CONN_KEEP_10
-                                             : HTTP_CONN_KEEP;
+    int ka = conn_mode(w, req->keep_alive, req->version_minor);
     http_count(&w->stats.requests, 1);
     bool head = req->method == HTTP_M_HEAD;
     int rc;
@@ -274,18 +347,19 @@ static void route(session *s, const char *buf, const http_request *req, const ch
         rc = respond_echo(s, buf, req, body, body_len, ka);
     else if (path_is(buf, req, "/stats"))
         rc = respond_stats(s, req, ka);
+    else if (w->srv->pool)
+        rc = start_file(s, buf, req, ka);
     else
         rc = http_serve_static(w, s->conn, buf, req, ka);
     if (rc < 0) { /* a head may be queued without its body: the client must not see it */
         rx_conn_abort(s->conn);
         return;
     }
-    if (w->srv->log)
-        log_request(s, buf, req);
-    if (!w->cfg->batch) /* --tune no-batch: one write per response instead of per read */
-        rx_conn_flush(s->conn);
-    if (ka == HTTP_CONN_CLOSE)
-        rx_conn_close(s->conn);
+    if (s->job)
+        return; /* the answer, its log line and the requests after it wait for the lookup */
+    if (w->srv->log_fd >= 0)
+        http_log_request(w, s->conn, buf, req);
+    answered(s, ka);
 }
 
 /* Handles the request at the front of `in` as far as the bytes allow. Returns true when a whole
@@ -384,6 +458,10 @@ static bool process(session *s, rx_buffer *in) {
     while (rx_buffer_len(in) > 0) {
         if (rx_conn_ended(s->conn))
             return false;
+        if (s->job) { /* answers go out in order: the next request waits for the file's */
+            rx_conn_pause_read(s->conn);
+            return false;
+        }
         /* Past the connection's high-water mark (HTTP_OUTPUT_LIMIT) stop answering: rx_conn
          * judges the mark on what this call queued, so on_low_water follows once it drained. */
         if (rx_conn_queued(s->conn) > HTTP_OUTPUT_LIMIT && s->w->cfg->backpressure) {
@@ -393,6 +471,10 @@ static bool process(session *s, rx_buffer *in) {
         }
         if (!step(s, in))
             return false;
+    }
+    if (s->job) {
+        rx_conn_pause_read(s->conn);
+        return false;
     }
     set_timeout(s, TIMEOUT_IDLE, s->w->cfg->idle_timeout_ms);
     return true;
@@ -433,61 +515,6 @@ static http_worker *worker_for(rx_conn *c, void *arg) {
     default: /* the server: in on_open, or on_open never ran (a connection not from rx_server) */
         return worker_of_loop(arg, rx_conn_loop(c));
     }
-}
-
-void http_stats_sum(const http_server *srv, http_totals *out) {
-    http_totals one;
-    *out = (http_totals){0};
-    for (unsigned i = 0; i < srv->nworkers; i++) {
-        stats_read(&srv->workers[i].stats, &one);
-        totals_add(out, &one);
-    }
-}
-
-int http_session_setup(http_server *srv) {
-    srv->arg_kind = HTTP_ARG_SERVER;
-    unsigned n = srv->group ? rx_loop_group_size(srv->group) : 1;
-    /* aligned_alloc wants a multiple of the alignment: sizeof of an _Alignas(64) struct is one. */
-    http_worker *ws = aligned_alloc(_Alignof(http_worker), n * sizeof(*ws));
-    /* /stats: the totals and one entry per loop, each line at most this long with 20-digit
-     * counters. */
-    size_t cap = 512 + (size_t)n * 128;
-    if (!ws)
-        return -ENOMEM;
-    for (unsigned i = 0; i < n; i++) {
-        http_worker *w = &ws[i];
-        memset(w, 0, sizeof(*w));
-        w->fresh_mark = HTTP_ARG_FRESH;
-        w->idle_mark = HTTP_ARG_IDLE;
-        w->srv = srv;
-        w->cfg = &srv->cfg;
-        w->loop = srv->group ? rx_loop_group_loop(srv->group, i) : srv->loop;
-        w->stats_cap = cap;
-        w->stats_body = malloc(cap);
-        if (!w->stats_body) {
-            while (i--)
-                free(ws[i].stats_body);
-            free(ws);
-            return -ENOMEM;
-        }
-    }
-    srv->workers = ws;
-    srv->nworkers = n;
-    return 0;
-}
-
-void http_session_cleanup(http_server *srv) {
-    for (unsigned i = 0; i < srv->nworkers; i++) {
-        http_worker *w = &srv->workers[i];
-        while (w->req_pool)
-            free(pool_take(&w->req_pool, 0));
-        while (w->session_pool)
-            free(pool_take(&w->session_pool, 0));
-        free(w->stats_body);
-    }
-    free(srv->workers);
-    srv->workers = NULL;
-    srv->nworkers = 0;
 }
 
 /* On the connection's own loop: from here on its arg leads to that loop's worker. */
@@ -546,7 +573,7 @@ static void on_low_water(rx_conn *c, size_t queued, void *arg) {
 static void on_timeout(rx_conn *c, void *arg) {
     session *s = arg;
     /* Part of a head arrived: say why we hang up. Nothing at all, or between requests: just go. */
-    if (has_session(arg) && !s->in_body && rx_buffer_len(rx_conn_input(c)) > 0) {
+    if (has_session(arg) && !s->in_body && !s->job && rx_buffer_len(rx_conn_input(c)) > 0) {
         fail(s, 408, NULL);
         rx_conn_flush(c);
     } else {
@@ -571,6 +598,10 @@ static void on_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
     (void)err;
     if (has_session(arg)) {
         session *s = arg;
+        if (s->job) { /* its done frees it: at once if cancelled, else once the lookup ends */
+            s->job->s = NULL;
+            rx_work_cancel(s->job->req);
+        }
         http_count(&s->w->stats.conns_open, -1ull);
         sync_stats(s);
         if (s->req)

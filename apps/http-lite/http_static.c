@@ -1,12 +1,13 @@
 /* Static files beneath --root: percent-decoding, refusal of dot segments, openat2 with
  * RESOLVE_BENEATH so neither ".." nor a symlink can leave the root, index.html for directories,
- * only regular files served, Last-Modified / If-Modified-Since, and bodies sent with sendfile. */
+ * only regular files served, Last-Modified / If-Modified-Since, and bodies sent with sendfile.
+ * The lookup (http_file_open) may block on the file system, so with --io-threads it runs on the
+ * work pool (http_session.c) unless the kernel's cache can answer it at once
+ * (http_file_open_cached); the answer is always written on the loop. */
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/openat2.h>
+#include <stdatomic.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -100,16 +101,25 @@ static int decode_path(const char *p, size_t n, char *out, size_t cap) {
     return 0;
 }
 
-/* O_NONBLOCK: opening a FIFO without a writer (or some devices) would block the loop; the open
- * returns at once and the caller refuses what is not a regular file. It changes nothing for
- * reading a regular file. O_NOCTTY: a terminal under the root must not become ours. */
-static int open_beneath(int dirfd, const char *path) {
+/* Set once RESOLVE_CACHED turned out unknown (Linux before 5.12): every lookup then goes to the
+ * pool. Any loop may set it; a relaxed flag is enough. */
+static atomic_bool no_resolve_cached;
+
+/* O_NONBLOCK: opening a FIFO without a writer (or some devices) would block; the open returns at
+ * once and the caller refuses what is not a regular file. It changes nothing for reading a regular
+ * file. O_NOCTTY: a terminal under the root must not become ours. `cached` adds RESOLVE_CACHED:
+ * the kernel answers -EAGAIN instead of reading a path component it does not hold in its cache. */
+static int open_beneath(int dirfd, const char *path, bool cached) {
     struct open_how how = {
         .flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
-        .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+        .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | (cached ? RESOLVE_CACHED : 0),
     };
-    long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
-    return fd < 0 ? -errno : (int)fd;
+    int fd = rx_file_openat2(dirfd, path, &how);
+    if (cached && fd == -EINVAL) {
+        atomic_store_explicit(&no_resolve_cached, true, memory_order_relaxed);
+        fd = -EAGAIN;
+    }
+    return fd;
 }
 
 static int status_for_errno(int err) {
@@ -135,14 +145,11 @@ static void http_time(time_t t, char *out, size_t n) {
 }
 
 /* True when the client's copy, dated by If-Modified-Since, is still current. */
-static bool not_modified(const char *buf, const http_request *req, time_t mtime) {
-    if (!req->if_modified_since || req->if_modified_since_value.len >= 64)
+static bool not_modified(const char *ims, time_t mtime) {
+    if (!ims[0])
         return false;
-    char date[64];
-    memcpy(date, buf + req->if_modified_since_value.off, req->if_modified_since_value.len);
-    date[req->if_modified_since_value.len] = '\0';
     struct tm tm = {0};
-    const char *end = strptime(date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    const char *end = strptime(ims, "%a, %d %b %Y %H:%M:%S GMT", &tm);
     if (!end || *end)
         return false; /* an unparsable date is ignored (RFC 9110 §13.1.3) */
     return mtime <= timegm(&tm);
@@ -164,48 +171,91 @@ static int copy_body(rx_conn *c, int fd, size_t size) {
     return rc;
 }
 
-int http_serve_static(http_worker *w, rx_conn *c, const char *buf, const http_request *req,
-                      int conn_mode) {
-    rx_buffer *out = rx_conn_output(c);
-    char rel[4096];
-    int status = decode_path(buf + req->path.off, req->path.len, rel, sizeof(rel));
-    int fd = -1;
-    struct stat st;
-    if (status == 0) {
-        fd = open_beneath(w->srv->root_fd, rel);
-        if (fd >= 0 && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-            int index = open_beneath(fd, "index.html");
-            close(fd);
-            fd = index;
-            if (fd >= 0)
-                strcpy(rel, "index.html");
-        }
-        if (fd < 0)
-            status = status_for_errno(fd);
-        else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-            status = 403;
+int http_file_prepare(http_file *f, const char *buf, const http_request *req) {
+    f->fd = -1;
+    f->ims[0] = '\0';
+    if (req->if_modified_since && req->if_modified_since_value.len < sizeof(f->ims)) {
+        memcpy(f->ims, buf + req->if_modified_since_value.off, req->if_modified_since_value.len);
+        f->ims[req->if_modified_since_value.len] = '\0';
     }
-    bool head = req->method == HTTP_M_HEAD;
-    if (status != 0) {
+    f->status = decode_path(buf + req->path.off, req->path.len, f->rel, sizeof(f->rel));
+    return f->status;
+}
+
+/* The lookup; with `cached`, -EAGAIN (and f unchanged) as soon as it would need the disk. */
+static int lookup(http_file *f, int root_fd, bool cached) {
+    int fd = open_beneath(root_fd, f->rel, cached);
+    if (fd == -EAGAIN && cached)
+        return -EAGAIN;
+    if (fd >= 0 && rx_file_fstat(fd, &f->st) == 0 && S_ISDIR(f->st.st_mode)) {
+        int index = open_beneath(fd, "index.html", cached);
+        close(fd);
+        if (index == -EAGAIN && cached)
+            return -EAGAIN;
+        fd = index;
         if (fd >= 0)
-            close(fd);
-        int rc = http_write_error(w, out, status, conn_mode, NULL, head);
-        return rc < 0 ? rc : status;
+            strcpy(f->rel, "index.html");
     }
+    if (fd < 0) {
+        f->status = status_for_errno(fd);
+        return 0;
+    }
+    if (rx_file_fstat(fd, &f->st) < 0 || !S_ISREG(f->st.st_mode)) {
+        close(fd);
+        f->status = 403;
+        return 0;
+    }
+    f->fd = fd;
+    f->status = 0;
+    return 0;
+}
+
+void http_file_open(http_file *f, int root_fd) { lookup(f, root_fd, false); }
+
+bool http_file_open_cached(http_file *f, int root_fd) {
+    if (atomic_load_explicit(&no_resolve_cached, memory_order_relaxed))
+        return false;
+    return lookup(f, root_fd, true) == 0;
+}
+
+void http_file_discard(http_file *f) {
+    if (f->fd >= 0)
+        close(f->fd);
+    f->fd = -1;
+}
+
+int http_file_respond(http_worker *w, rx_conn *c, http_file *f, bool head, int conn_mode) {
+    rx_buffer *out = rx_conn_output(c);
+    if (f->status != 0) {
+        int rc = http_write_error(w, out, f->status, conn_mode, NULL, head);
+        return rc < 0 ? rc : f->status;
+    }
+    int fd = f->fd;
+    f->fd = -1;
+    const struct stat *st = &f->st;
     char extra[80] = "Last-Modified: ";
-    http_time(st.st_mtime, extra + 15, sizeof(extra) - 18);
+    http_time(st->st_mtime, extra + 15, sizeof(extra) - 18);
     strcat(extra, "\r\n");
-    if (not_modified(buf, req, st.st_mtime)) {
+    if (not_modified(f->ims, st->st_mtime)) {
         close(fd);
         int rc = http_write_head(w, out, 304, NULL, 0, conn_mode, extra);
         return rc < 0 ? rc : 304;
     }
-    int rc = http_write_head(w, out, 200, mime_for(rel), (uint64_t)st.st_size, conn_mode, extra);
-    if (rc < 0 || head || st.st_size == 0)
+    int rc =
+        http_write_head(w, out, 200, mime_for(f->rel), (uint64_t)st->st_size, conn_mode, extra);
+    if (rc < 0 || head || st->st_size == 0)
         close(fd);
     else if (w->cfg->sendfile)
-        rc = rx_conn_sendfile(c, fd, 0, (size_t)st.st_size); /* closes fd, also on failure */
+        rc = rx_conn_sendfile(c, fd, 0, (size_t)st->st_size); /* closes fd, also on failure */
     else
-        rc = copy_body(c, fd, (size_t)st.st_size); /* --tune no-sendfile */
+        rc = copy_body(c, fd, (size_t)st->st_size); /* --tune no-sendfile */
     return rc < 0 ? rc : 200;
+}
+
+int http_serve_static(http_worker *w, rx_conn *c, const char *buf, const http_request *req,
+                      int conn_mode) {
+    http_file f;
+    if (http_file_prepare(&f, buf, req) == 0)
+        http_file_open(&f, w->srv->root_fd);
+    return http_file_respond(w, c, &f, req->method == HTTP_M_HEAD, conn_mode);
 }

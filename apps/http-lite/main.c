@@ -1,5 +1,6 @@
 /* rx-http: the HTTP-lite demo server. Options, the loops (--threads) and the listening server
- * spread over them (--spread), signals for a graceful stop and the access log. */
+ * spread over them (--spread), the work pool for file lookups (--io-threads), signals for a
+ * graceful stop and the access log. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -33,17 +34,13 @@ static void usage(FILE *out) {
             "  --max-body-bytes N       413 beyond this body size (default 1048576)\n"
             "  --max-conns N            close connections beyond N at once (default: no limit)\n"
             "  --access-log FILE|-      one line per request (default: none)\n"
+            "  --io-threads N           open and stat static files the kernel's cache cannot\n"
+            "                           answer at once, and write the access log, on a pool of N\n"
+            "                           threads (default 0: everything on the loops)\n"
             "  --tune LIST              for benchmarks, switch techniques off: " TUNE_COMMON
-            ",\n                           no-batch, no-date-cache, no-sendfile\n"
+            ",\n                           no-batch, no-date-cache, no-sendfile, no-cached-open\n"
             "  --help\n",
             RX_HTTP_DEFAULT_ROOT);
-}
-
-/* Before each poll of each loop: hand the lines of this iteration to the kernel in one write
- * (stdio locks the FILE, which every loop shares). */
-static void flush_log(void *arg) {
-    http_server *srv = arg;
-    fflush(srv->log);
 }
 
 static void on_shed(rx_listener *l, void *arg) {
@@ -54,8 +51,9 @@ static void on_shed(rx_listener *l, void *arg) {
 /* Options into cfg, opts and threads. Returns 0, or the exit status for bad usage. */
 static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *opts,
                       unsigned *threads, bool *help) {
-    static const char *const app_switches[] = {"no-batch", "no-date-cache", "no-sendfile", NULL};
-    bool app_off[3] = {false, false, false};
+    static const char *const app_switches[] = {"no-batch", "no-date-cache", "no-sendfile",
+                                               "no-cached-open", NULL};
+    bool app_off[4] = {false, false, false, false};
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},
         {"root", required_argument, NULL, 'r'},
@@ -68,6 +66,7 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
         {"tune", required_argument, NULL, 'T'},
         {"threads", required_argument, NULL, 'n'},
         {"spread", required_argument, NULL, 's'},
+        {"io-threads", required_argument, NULL, 'I'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -91,6 +90,7 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
             cfg->batch = !app_off[0];
             cfg->date_cache = !app_off[1];
             cfg->sendfile = !app_off[2];
+            cfg->cached_open = !app_off[3];
             continue;
         case 'n':
             if (app_parse_threads("rx-http", optarg, threads) < 0)
@@ -130,6 +130,13 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
                 continue;
             }
             name = "--max-body-bytes";
+            break;
+        case 'I':
+            if (app_parse_count(optarg, 1024, &v) == 0) {
+                cfg->io_threads = (unsigned)v;
+                continue;
+            }
+            name = "--io-threads (0 .. 1024)";
             break;
         case 'm':
             if (app_parse_count(optarg, 1ull << 32, &v) == 0 && v > 0) {
@@ -173,6 +180,7 @@ int main(int argc, char **argv) {
         .batch = true,
         .date_cache = true,
         .sendfile = true,
+        .cached_open = true,
     };
     rx_server_opts opts = {
         .conn = {.high_water = HTTP_OUTPUT_LIMIT},
@@ -193,13 +201,22 @@ int main(int argc, char **argv) {
         fprintf(stderr, "rx-http: --root %s: %s\n", srv.cfg.root, strerror(errno));
         return 2;
     }
+    srv.log_fd = -1;
     if (srv.cfg.access_log) {
-        srv.log = strcmp(srv.cfg.access_log, "-") == 0 ? stdout : fopen(srv.cfg.access_log, "a");
-        if (!srv.log) {
+        srv.log_fd =
+            strcmp(srv.cfg.access_log, "-") == 0
+                ? STDOUT_FILENO
+                : open(srv.cfg.access_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (srv.log_fd < 0) {
             fprintf(stderr, "rx-http: --access-log %s: %s\n", srv.cfg.access_log, strerror(errno));
             return 2;
         }
-        setvbuf(srv.log, NULL, _IOFBF, 64 * 1024);
+    }
+    if (srv.cfg.io_threads > 0 &&
+        !(srv.pool = rx_work_pool_new(&(rx_work_pool_opts){.threads = srv.cfg.io_threads}))) {
+        fprintf(stderr, "rx-http: cannot start %u I/O threads: %s\n", srv.cfg.io_threads,
+                strerror(errno));
+        return 1;
     }
     unsigned long long nofile = app_raise_nofile();
     srv.shed.prog = "rx-http";
@@ -223,36 +240,41 @@ int main(int argc, char **argv) {
     if (!srv.server) {
         fprintf(stderr, "rx-http: cannot listen on %s: %s\n", srv.cfg.listen, strerror(errno));
         rx_loop_group_free(srv.group);
+        rx_work_pool_free(srv.pool);
         http_session_cleanup(&srv);
         return 1;
     }
     if (app_watch_signals(&run) < 0)
         return 1;
     /* Set up from this thread before the group starts, as rx_loop_group_new allows. */
-    for (unsigned i = 0; srv.log && i < srv.nworkers; i++) {
-        if (rx_loop_add_hook(srv.workers[i].loop, flush_log, &srv) < 0) {
+    for (unsigned i = 0; srv.log_fd >= 0 && i < srv.nworkers; i++) {
+        if (rx_loop_add_hook(srv.workers[i].loop, http_log_flush, &srv.workers[i]) < 0) {
             fprintf(stderr, "rx-http: out of memory\n");
             return 1;
         }
     }
     char where[RX_ADDR_STRLEN];
     rx_addr_format(rx_server_addr(srv.server), where, sizeof(where));
-    printf("rx-http listening on http://%s/ (root %s, %u thread%s, spread %s, open files limit "
-           "%llu)\n",
+    printf("rx-http listening on http://%s/ (root %s, %u thread%s, spread %s, %u I/O thread%s, "
+           "open files limit %llu)\n",
            where, srv.cfg.root, srv.nworkers, srv.nworkers == 1 ? "" : "s",
-           app_spread_name(opts.spread), nofile);
+           app_spread_name(opts.spread), srv.cfg.io_threads, srv.cfg.io_threads == 1 ? "" : "s",
+           nofile);
     fflush(stdout);
 
     rc = app_run_group(&run);
     /* The threads are joined: what is left (connections aborted here, whose on_close counts them)
      * runs on this thread, and only then are the workers' counters final. */
     rx_server_free(srv.server);
+    /* Freeing the loops settles their file lookups (each connection's on_close cancels its own);
+     * the pool is idle after. */
     rx_loop_group_free(srv.group);
+    rx_work_pool_free(srv.pool);
     http_stats_sum(&srv, &srv.stats);
     http_session_cleanup(&srv);
     close(srv.root_fd);
-    if (srv.log && srv.log != stdout)
-        fclose(srv.log);
+    if (srv.log_fd > STDOUT_FILENO)
+        close(srv.log_fd);
     fprintf(stderr, "rx-http: %llu connections, %llu requests\n", srv.stats.conns_total,
             srv.stats.requests);
     return rc < 0 ? 1 : 0;
