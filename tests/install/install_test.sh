@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install test: builds rx from the source tree into a temporary prefix, installs it, then builds
-# and runs tests/install/demo.c three ways:
+# and runs tests/install/demo.c three ways (and the embedding examples tiny_echo.c and
+# tiny_resolve.c the same ways):
 #   1. plain cc with the flags from the installed rx.pc (pkg-config --cflags --libs rx);
 #   2. the Meson project tests/install/outside/ against the installed rx.pc (no subprojects/);
 #   3. the same project with rx as a Meson subproject (subprojects/rx -> the source tree).
@@ -40,13 +41,14 @@ check_demo() {
     [[ $out == "$expected" ]] || fail "$what printed '$out', expected '$expected'"
 }
 
-# Runs a command quietly; shows its output only if it fails.
-# Runs the tiny_echo example on an ephemeral port, checks one echo, stops it with SIGTERM.
-check_echo() {
-    local what=$1
-    shift
+# Runs an example server (tiny_echo or tiny_resolve) on an ephemeral port, sends it one message
+# and checks the answer, then stops it with SIGTERM. A message ending in a newline is a request
+# whose one-line answer is read; any other is echoed, and the client half-closes to end it.
+check_server() {
+    local what=$1 send=$2 expect=$3
+    shift 3
     local out pid port reply
-    out=$(mktemp "$tmp/echo.XXXXXX") # fresh per run: never read an earlier run's port
+    out=$(mktemp "$tmp/server.XXXXXX") # fresh per run: never read an earlier run's port
     "$@" 127.0.0.1:0 >"$out" 2>&1 &
     pid=$!
     for _ in $(seq 50); do
@@ -61,21 +63,33 @@ check_echo() {
     reply=$(python3 -c '
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
-s.sendall(b"hello rx")
-s.shutdown(socket.SHUT_WR)
+msg = sys.argv[2].encode()
+s.sendall(msg)
+line = msg.endswith(b"\n")
+if not line:
+    s.shutdown(socket.SHUT_WR)
 data = b""
-while True:
+while not (line and data.endswith(b"\n")):
     b = s.recv(4096)
     if not b:
         break
     data += b
-print(data.decode())' "$port") || { kill "$pid"; fail "$what: client failed"; }
+print(data.decode().rstrip("\n"))' "$port" "$send") || { kill "$pid"; fail "$what: client failed"; }
     kill -TERM "$pid"
     wait "$pid" || fail "$what exited with status $? after SIGTERM"
-    [[ $reply == "hello rx" ]] || fail "$what echoed '$reply'"
-    printf '%s: echoed "%s"\n' "$what" "$reply"
+    [[ $reply == "$expect" ]] || fail "$what answered '$reply', expected '$expect'"
+    printf '%s: answered "%s"\n' "$what" "$reply"
 }
 
+# The two embedding examples of docs/embedding.md, built as prefix-NAME in dir.
+check_examples() {
+    local how=$1 dir=$2 prefix=$3
+    check_server "tiny_echo, $how" "hello rx" "hello rx" "$dir/${prefix}tiny_echo"
+    check_server "tiny_resolve, $how" $'localhost\n' "localhost 127.0.0.1" \
+        "$dir/${prefix}tiny_resolve"
+}
+
+# Runs a command quietly; shows its output only if it fails.
 quiet() {
     local log="$tmp/last.log"
     if ! "$@" >"$log" 2>&1; then
@@ -105,10 +119,12 @@ step "cc demo.c against the installed rx.pc"
 deps=$(LD_LIBRARY_PATH=$libdir ldd "$tmp/demo-cc")
 [[ $deps == *"$libdir/librx.so"* ]] || fail "demo-cc does not load librx.so from $libdir: $deps"
 LD_LIBRARY_PATH=$libdir check_demo "cc + pkg-config" "$tmp/demo-cc"
-# shellcheck disable=SC2046 # as above
-"$cc" -std=c11 -Wall -Wextra -Werror -o "$tmp/tiny-cc" "$here/tiny_echo.c" \
-    $(pkg-config --cflags --libs rx)
-LD_LIBRARY_PATH=$libdir check_echo "tiny_echo, cc + pkg-config" "$tmp/tiny-cc"
+for prog in tiny_echo tiny_resolve; do
+    # shellcheck disable=SC2046 # as above
+    "$cc" -std=c11 -Wall -Wextra -Werror -o "$tmp/cc-$prog" "$here/$prog.c" \
+        $(pkg-config --cflags --libs rx)
+done
+LD_LIBRARY_PATH=$libdir check_examples "cc + pkg-config" "$tmp" cc-
 
 # The outside project, copied twice: once without subprojects/ (rx from rx.pc), once with
 # subprojects/rx linking to the source tree (rx through meson.override_dependency).
@@ -117,7 +133,7 @@ for mode in pkg-config subproject; do
     proj="$tmp/outside-$mode"
     mkdir -p "$proj"
     cp "$here/outside/meson.build" "$here/outside/meson_options.txt" "$here/demo.c" \
-        "$here/tiny_echo.c" "$proj/"
+        "$here/tiny_echo.c" "$here/tiny_resolve.c" "$proj/"
     opts=(--wrap-mode=nodownload "-Drx_from=$mode")
     if [[ $mode == subproject ]]; then
         mkdir -p "$proj/subprojects"
@@ -135,10 +151,10 @@ for mode in pkg-config subproject; do
         deps=$(ldd "$proj/build/demo")
         [[ $deps != *librx.so* ]] || fail "subproject demo links librx.so: $deps"
         check_demo "meson subproject" "$proj/build/demo"
-        check_echo "tiny_echo, meson subproject" "$proj/build/tiny_echo"
+        check_examples "meson subproject" "$proj/build" ""
     else
         LD_LIBRARY_PATH=$libdir check_demo "meson + rx.pc" "$proj/build/demo"
-        LD_LIBRARY_PATH=$libdir check_echo "tiny_echo, meson + rx.pc" "$proj/build/tiny_echo"
+        LD_LIBRARY_PATH=$libdir check_examples "meson + rx.pc" "$proj/build" ""
     fi
 done
 
