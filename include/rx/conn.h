@@ -119,7 +119,8 @@ int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt);
 
 /* Queues len bytes of file fd from offset, after everything queued before, sent with sendfile.
  * The connection takes ownership of fd and closes it when sent or on close (also on error). A
- * peer's reset never raises SIGPIPE (rx blocks it around sendfile and takes it back).
+ * peer's reset must not kill the process with SIGPIPE, which sendfile raises: the first file sent
+ * from a thread blocks SIGPIPE in that thread for good, and rx takes back the ones it raised.
  * Returns 0, -EPIPE, -ENOMEM. */
 int rx_conn_sendfile(rx_conn *c, int fd, off_t offset, size_t len);
 
