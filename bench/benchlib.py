@@ -16,6 +16,9 @@ import time
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_CPU, LOAD_CPU = "0", "1"  # taskset CPU lists: servers on one core, load on the other
 ALL_CPUS = "0,1"  # the threads case: servers and load share every CPU the runner may use
+# rx-http's default --root (built in from the source tree); nginx serves the same files.
+STATIC_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))),
+                           "apps", "http-lite", "www")
 
 
 class BenchError(Exception):
@@ -113,6 +116,7 @@ worker_rlimit_nofile {nofile};
 events {{ worker_connections {conns}; }}
 http {{
     access_log off;
+    sendfile on;
     keepalive_requests 1000000;
     keepalive_timeout 65;
     client_body_temp_path {tmp}/body;
@@ -125,6 +129,9 @@ http {{
         # wrk opens 1,024 connections at once, which would measure the backlog, not nginx.
         listen 127.0.0.1:{port} backlog=4096;
         location /plaintext {{ default_type text/plain; return 200 "Hello, World!"; }}
+        # The static case: rx-http's files, with rx-http's Content-Type. No open_file_cache
+        # (rx-http keeps none either): an open and an fstat per request, as in rx-http.
+        location / {{ root {root}; types {{ text/html html; }} charset utf-8; }}
     }}
 }}
 """
@@ -166,7 +173,7 @@ class Server:
             # ("worker_connections are not enough, reusing connections"): leave it 1/8 spare.
             conns = min(nofile - 64, max(512, capacity * 9 // 8 + 128))
             self.conf = NGINX_CONF.format(tmp=self.tmpdir, port=self.port, nofile=nofile,
-                                          conns=conns, workers=self.workers,
+                                          conns=conns, workers=self.workers, root=STATIC_ROOT,
                                           master="on" if self.workers > 1 else "off")
             with open(os.path.join(self.tmpdir, "nginx.conf"), "w") as f:
                 f.write(self.conf)
@@ -244,9 +251,10 @@ def _us(value, unit):
 
 
 def parse_wrk(text):
-    """Rate, latency percentiles, request count and error count from `wrk --latency` output."""
+    """Rate, latency percentiles, request count, bytes read (wrk rounds it: "617.50MB") and
+    error count from `wrk --latency` output."""
     rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
-    count = re.search(r"(\d+) requests in", text)
+    count = re.search(r"(\d+) requests in \S+, ([\d.]+)([KMGTP]?)B read", text)
     pct = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+(?:us|ms|s))\s*$", text, re.M))
     if not (rate and count and "50" in pct and "99" in pct):
         raise BenchError("cannot parse wrk output: " + text.strip()[-200:])
@@ -257,15 +265,17 @@ def parse_wrk(text):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     errors += int(non2xx.group(1)) if non2xx else 0
     return {"rate": float(rate.group(1)), "p50": lat["50"], "p99": lat["99"],
-            "count": int(count.group(1)), "errors": errors}
+            "count": int(count.group(1)), "errors": errors,
+            "bytes": float(count.group(2)) * 1024 ** " KMGTP".index(count.group(3) or " ")}
 
 
-def wrk_argv(conns, duration, script=None, port="{port}", threads=1, cpus=None):
+def wrk_argv(conns, duration, script=None, port="{port}", threads=1, cpus=None,
+             path="/plaintext"):
     argv = ["taskset", "-c", cpus or LOAD_CPU, "wrk", f"-t{threads}", f"-c{conns}",
             f"-d{duration}s", "--latency"]
     if script:
         argv += ["-s", script]
-    return argv + [f"http://127.0.0.1:{port}/plaintext"]
+    return argv + [f"http://127.0.0.1:{port}{path}"]
 
 
 def echo_load_argv(echo_load, conns, size, duration, warmup, port="{port}", extra=(), procs=1,
@@ -307,8 +317,10 @@ def measure(server, argv, parse, timeout):
 HTTP_REQ = b"GET /plaintext HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
-def http_roundtrip(sock):
-    sock.sendall(HTTP_REQ)
+def http_roundtrip(sock, req=HTTP_REQ):
+    """One keep-alive request; returns the whole response once its Content-Length is in; a
+    status other than 200 is a BenchError."""
+    sock.sendall(req)
     data = b""
     while True:
         chunk = sock.recv(65536)
@@ -322,7 +334,34 @@ def http_roundtrip(sock):
         if len(data) >= head + 4 + (int(m.group(1)) if m else 0):
             if not data.startswith(b"HTTP/1.1 200"):
                 raise BenchError("probe got " + data.split(b"\r\n", 1)[0].decode(errors="replace"))
-            return
+            return data
+
+
+def check_file(server, path, expect):
+    """GET path once on a fresh connection: a 200 whose body is exactly `expect` (the file's
+    bytes). Returns the size of the whole response, head included, which is what wrk must read
+    per request."""
+    req = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            data = http_roundtrip(s, req)
+    except (BenchError, OSError) as e:
+        raise BenchError(f"{server.label}: GET {path}: {e}")
+    body = data[data.find(b"\r\n\r\n") + 4:]
+    if body != expect:
+        raise BenchError(f"{server.label}: GET {path} answered {len(body):,} bytes of body that "
+                         f"are not the {len(expect):,} of the file")
+    return len(data)
+
+
+def check_bytes(res, size):
+    """wrk's bytes read per response (parse_wrk) against one good response's size: a different
+    body or head would show here (wrk counts non-2xx answers, not lengths). wrk prints the bytes
+    to 2 decimals of its unit, and the responses in flight at the end are read in part: 2% of
+    slack."""
+    per = res["bytes"] / res["count"] if res["count"] else 0
+    if abs(per - size) > 0.02 * size:
+        raise BenchError(f"wrk read {per:,.0f} bytes per response, not {size:,}")
 
 
 def echo_roundtrip(sock, msg=bytes(range(64))):
