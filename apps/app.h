@@ -176,11 +176,11 @@ static inline int tune_apply(const char *prog, const char *list, rx_server_opts 
     for (char *save = NULL, *name = strtok_r(copy, ",", &save); name;
          name = strtok_r(NULL, ",", &save)) {
         if (!strcmp(name, "edge"))
-            opts->conn.edge_triggered = true;
+            opts->conn.tuning.edge_triggered = true;
         else if (!strcmp(name, "own-buffers"))
-            opts->conn.own_buffers = true;
+            opts->conn.tuning.own_buffers = true;
         else if (!strcmp(name, "always-queue"))
-            opts->conn.always_queue = true;
+            opts->conn.tuning.always_queue = true;
         else if (!strcmp(name, "nagle"))
             opts->conn.nagle = true;
         else if (!strcmp(name, "accept-one"))

@@ -131,9 +131,9 @@ START_TEST(test_64mib_both_ways) {
         .on_low_water = bulk_c_low,
         .on_close = bulk_c_close,
     };
-    /* _i: the technique switches of rx_conn_opts, each must move the same bytes. */
+    /* _i: the technique switches of rx_conn_opts.tuning, each must move the same bytes. */
     rx_conn_opts copts = {
-        .edge_triggered = _i == 1, .own_buffers = _i == 2, .always_queue = _i == 3};
+        .tuning = {.edge_triggered = _i == 1, .own_buffers = _i == 2, .always_queue = _i == 3}};
     rx_server_opts so = {.cbs = &scbs, .conn = copts};
     rx_server *s = tu_server(loop, &so);
     char addr[64];
@@ -502,7 +502,7 @@ START_TEST(test_item13_edge_triggered_read_cap_and_fairness) {
     }
     ck_assert_int_eq(write(small[1], "small\n", 6), 6);
     static const rx_conn_callbacks cbs = {.on_data = rd_data};
-    rx_conn_opts o = {.edge_triggered = true};
+    rx_conn_opts o = {.tuning.edge_triggered = true};
     /* Registered in this order, ready in this order: the big one comes first in the batch. */
     ck_assert_ptr_nonnull(rx_conn_new(loop, big[0], &o, &cbs, NULL));
     ck_assert_ptr_nonnull(rx_conn_new(loop, small[0], &o, &cbs, &rd));

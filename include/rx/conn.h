@@ -85,6 +85,16 @@ typedef struct rx_conn_callbacks {
     void (*on_close)(rx_conn *c, rx_close_reason reason, int err, void *arg);
 } rx_conn_callbacks;
 
+/* For benchmarks only, not for use: switches that turn one of rx's techniques off, to measure what
+ * it is worth (docs/c10k.md, bench/run --variant). Leave rx_conn_opts.tuning zeroed. */
+typedef struct rx_conn_tuning {
+    bool edge_triggered; /* EPOLLET, reading until EAGAIN, instead of level-triggered */
+    bool own_buffers;    /* 4 KiB input and output buffers per connection, never released,
+                            instead of the loop's shared scratch buffer and lazy output */
+    bool always_queue;   /* queue every send and write it when EPOLLOUT says so, instead of
+                            writing at once */
+} rx_conn_tuning;
+
 typedef struct rx_conn_opts {
     size_t high_water;         /* 0: 1 MiB */
     size_t low_water;          /* 0: high_water / 4 */
@@ -92,12 +102,7 @@ typedef struct rx_conn_opts {
     uint64_t close_timeout_ms; /* bound on a graceful close, after which it is aborted; 0: 5 s */
     bool nagle;                /* leave Nagle's algorithm on (TCP_NODELAY is set by default) */
     bool keepalive;            /* SO_KEEPALIVE */
-    /* Switches that turn a technique off, to measure what it is worth (docs/c10k.md): */
-    bool edge_triggered; /* EPOLLET, reading until EAGAIN, instead of level-triggered */
-    bool own_buffers;    /* 4 KiB input and output buffers per connection, never released,
-                            instead of the loop's shared scratch buffer and lazy output */
-    bool always_queue;   /* queue every send and write it when EPOLLOUT says so, instead of
-                            writing at once */
+    rx_conn_tuning tuning;     /* benchmarks only (above): leave zeroed */
 } rx_conn_opts;
 
 /* Wraps a connected non-blocking socket, which the connection then owns (also on failure).

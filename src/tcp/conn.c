@@ -508,7 +508,7 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
     if (!opts)
         opts = &defaults;
     rx_conn *c = NULL;
-    uint32_t flags = RX_CHANNEL_OWNS_FD | (opts->edge_triggered ? RX_CHANNEL_EDGE : 0);
+    uint32_t flags = RX_CHANNEL_OWNS_FD | (opts->tuning.edge_triggered ? RX_CHANNEL_EDGE : 0);
     rx_channel *ch = rx_channel_new_owner(loop, fd, flags, on_event, sizeof(*c), (void **)&c);
     if (!ch) {
         close(fd);
@@ -518,8 +518,9 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
     c->ch = ch;
     atomic_init(&c->refs, 1); /* the loop's */
     c->reason = CLOSE_NONE;
-    c->bits = (opts->edge_triggered ? B_EDGE : 0) | (opts->own_buffers ? B_OWN_BUFFERS : 0) |
-              (opts->always_queue ? B_ALWAYS_QUEUE : 0);
+    c->bits = (opts->tuning.edge_triggered ? B_EDGE : 0) |
+              (opts->tuning.own_buffers ? B_OWN_BUFFERS : 0) |
+              (opts->tuning.always_queue ? B_ALWAYS_QUEUE : 0);
     c->cbs = cbs ? cbs : &no_callbacks;
     c->arg = arg;
     c->high_water = opts->high_water ? opts->high_water : DEFAULT_HIGH_WATER;
@@ -534,7 +535,7 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     rx_conn_touch(c);
     int rc = opts->idle_timeout_ms ? rx_conn_set_idle_timeout(c, opts->idle_timeout_ms) : 0;
-    if (rc == 0 && opts->own_buffers &&
+    if (rc == 0 && opts->tuning.own_buffers &&
         (!(c->in = rx_sys.calloc(1, sizeof(*c->in))) || rx_buffer_reserve(c->in, 4096) < 0 ||
          rx_buffer_reserve(&c->out, 4096) < 0))
         rc = -ENOMEM;
