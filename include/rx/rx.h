@@ -9,6 +9,7 @@
 #include <rx/connector.h>
 #include <rx/file.h>
 #include <rx/group.h>
+#include <rx/join.h>
 #include <rx/listener.h>
 #include <rx/loop.h>
 #include <rx/server.h>

@@ -98,6 +98,11 @@ static inline int rx_conn_sock(const rx_conn *c) { return rx_channel_fd(c->ch); 
 static inline void rx_conn_touch(rx_conn *c) {
     c->last_active = rx_loop_now_ms(rx_channel_loop(c->ch));
 }
+/* Hands the connection's callbacks and arg to another owner (rx_conn_join). */
+static inline void rx_conn_set_callbacks(rx_conn *c, const rx_conn_callbacks *cbs, void *arg) {
+    c->cbs = cbs;
+    c->arg = arg;
+}
 
 /* Wraps fd in a connection; `connecting` leaves interest to the connector. */
 RX_INTERNAL rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting,

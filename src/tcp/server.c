@@ -180,9 +180,11 @@ static void free_listener(rx_listener **l, unsigned long long *shed) {
     *l = NULL;
 }
 
+/* Each connection's own table: a connection may have changed hands (rx_conn_join). */
 static void tell_stop(struct rx_server_shard *sh, rx_conn *c) {
     (void)sh;
-    c->cbs->on_stop(c, c->arg);
+    if (c->cbs->on_stop)
+        c->cbs->on_stop(c, c->arg);
 }
 
 /* The shard's part of a stop, on its loop's thread. */
@@ -190,8 +192,7 @@ static void shard_stop(void *arg) {
     struct rx_server_shard *sh = arg;
     sh->stopping = true;
     free_listener(&sh->listener, &sh->shed);
-    if (sh->s->cbs->on_stop)
-        each_conn(sh, tell_stop);
+    each_conn(sh, tell_stop);
     if (atomic_load_explicit(&sh->count, memory_order_relaxed) == 0)
         shard_done(sh);
     else
