@@ -436,9 +436,11 @@ void tu_tr_eof(rx_conn *c, void *arg) {
     t->in_at_eof = rx_buffer_len(&t->in);
 }
 
-void tu_tr_timeout(rx_conn *c, void *arg) {
+void tu_tr_timeout(rx_conn *c, rx_timeout_kind kind, void *arg) {
     (void)c;
-    tr_note(arg, "on_timeout")->timeouts++;
+    tu_tr *t = tr_note(arg, "on_timeout");
+    t->timeouts++;
+    t->timeout_kinds[kind]++;
 }
 
 void tu_tr_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {

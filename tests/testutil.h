@@ -168,6 +168,7 @@ void tu_peer_write_all(rx_loop *loop, int fd, const void *buf, size_t n);
 typedef struct tu_tr {
     rx_conn *c; /* set by on_open, cleared by on_close */
     int opens, datas, drains, highs, lows, eofs, timeouts, closes;
+    int timeout_kinds[3];  /* on_timeout calls by rx_timeout_kind */
     int late;              /* callbacks after on_close, or after `done` was set by the test */
     const char *late_what; /* the last of them */
     bool done;             /* the test (or a callback) asked for the close */
@@ -191,7 +192,7 @@ void tu_tr_drain(rx_conn *c, void *arg);
 void tu_tr_high(rx_conn *c, size_t queued, void *arg);
 void tu_tr_low(rx_conn *c, size_t queued, void *arg);
 void tu_tr_eof(rx_conn *c, void *arg);
-void tu_tr_timeout(rx_conn *c, void *arg);
+void tu_tr_timeout(rx_conn *c, rx_timeout_kind kind, void *arg);
 void tu_tr_close(rx_conn *c, rx_close_reason reason, int err, void *arg);
 
 /* on_open, on_data, on_drain, on_high_water, on_low_water and on_close. */

@@ -570,7 +570,8 @@ static void on_low_water(rx_conn *c, size_t queued, void *arg) {
     rx_conn_resume_read(c); /* rx hands the requests still buffered to on_data */
 }
 
-static void on_timeout(rx_conn *c, void *arg) {
+static void on_timeout(rx_conn *c, rx_timeout_kind kind, void *arg) {
+    (void)kind; /* rx-http sets only the idle timeout */
     session *s = arg;
     /* Part of a head arrived: say why we hang up. Nothing at all, or between requests: just go. */
     if (has_session(arg) && !s->in_body && !s->job && rx_buffer_len(rx_conn_input(c)) > 0) {

@@ -1,5 +1,6 @@
 /* rx_conn: one non-blocking stream connection (TCP or unix) with input and output buffers,
- * send-now-else-queue, backpressure marks, half-close, idle timeout and a bounded graceful close.
+ * send-now-else-queue, backpressure marks, half-close, idle, read and write timeouts and a bounded
+ * graceful close.
  * A connection belongs to its loop's thread: call these functions only there. Apart from
  * on_high_water, which a send may run so a producer stops at once, no callback of a connection
  * runs inside a call of yours (rx_conn_close, rx_conn_flush, ...): what such a call makes due
@@ -46,6 +47,13 @@ typedef enum rx_close_reason {
     RX_CLOSE_ERROR,   /* another error: see err (ECONNREFUSED, ENOMEM, ...) */
 } rx_close_reason;
 
+/* Which timeout on_timeout reports (rx_conn_opts). */
+typedef enum rx_timeout_kind {
+    RX_TIMEOUT_IDLE,  /* nothing read and nothing written for idle_timeout_ms */
+    RX_TIMEOUT_READ,  /* reading on, and nothing read for read_timeout_ms */
+    RX_TIMEOUT_WRITE, /* output queued, and none of it written for write_timeout_ms */
+} rx_timeout_kind;
+
 /* Every callback is optional. The table is not copied: it must outlive the connections. */
 typedef struct rx_conn_callbacks {
     /* The connection is established (accepted, or the connect completed). */
@@ -70,10 +78,10 @@ typedef struct rx_conn_callbacks {
      * owner closes it (or shuts its side: once both sides ended the connection closes with
      * RX_CLOSE_PEER); when NULL, rx writes what is queued and closes with RX_CLOSE_PEER. */
     void (*on_eof)(rx_conn *c, void *arg);
-    /* The idle timeout passed with no activity (never while closing). When set, the connection
-     * stays open and the owner decides (answer and close, or wait again: the timeout restarts);
-     * when NULL, rx closes with RX_CLOSE_TIMEOUT. */
-    void (*on_timeout)(rx_conn *c, void *arg);
+    /* A timeout passed (never while closing or connecting); `kind` says which. When set, the
+     * connection stays open and the owner decides (answer and close, or wait again: that timeout
+     * restarts); when NULL, rx closes with RX_CLOSE_TIMEOUT (err -ETIMEDOUT). */
+    void (*on_timeout)(rx_conn *c, rx_timeout_kind kind, void *arg);
     /* The server that accepted the connection began a graceful stop (rx_server_stop): finish
      * what is in progress and close (an idle keep-alive connection can close at once). When
      * NULL, the connection goes on until it closes or the stop's deadline passes. */
@@ -96,9 +104,16 @@ typedef struct rx_conn_tuning {
 } rx_conn_tuning;
 
 typedef struct rx_conn_opts {
-    size_t high_water;         /* 0: 1 MiB */
-    size_t low_water;          /* 0: high_water / 4 */
-    uint64_t idle_timeout_ms;  /* 0: none */
+    size_t high_water; /* 0: 1 MiB */
+    size_t low_water;  /* 0: high_water / 4 */
+    /* Timeouts, 0: none; at most 49 days. The idle timeout is the simple case: nothing read and
+     * nothing written for that long, whatever the connection waits for. The read and write
+     * timeouts (libevent's) each watch one direction, and only while it can move: the read
+     * timeout while reading is on (not paused for backpressure, the peer's stream not ended),
+     * the write timeout while output is queued (a peer that stopped reading). */
+    uint64_t idle_timeout_ms;
+    uint64_t read_timeout_ms;
+    uint64_t write_timeout_ms;
     uint64_t close_timeout_ms; /* bound on a graceful close, after which it is aborted; 0: 5 s */
     bool nagle;                /* leave Nagle's algorithm on (TCP_NODELAY is set by default) */
     bool keepalive;            /* SO_KEEPALIVE */
@@ -169,6 +184,10 @@ void rx_conn_abort(rx_conn *c);
 /* Changes the idle timeout (0: none). Activity (a read or a write) restarts it; O(1). Returns 0,
  * -ENOMEM, or -EPIPE when the connection is closing or closed (its close deadline bounds it). */
 int rx_conn_set_idle_timeout(rx_conn *c, uint64_t ms);
+
+/* Changes the read and write timeouts (0: none; see rx_conn_opts). Each starts over from now.
+ * Returns 0, -ENOMEM (nothing changed), or -EPIPE when the connection is closing or closed. */
+int rx_conn_set_timeouts(rx_conn *c, uint64_t read_ms, uint64_t write_ms);
 
 rx_conn_state rx_conn_get_state(const rx_conn *c);
 

@@ -49,6 +49,30 @@ static void stop_timer(rx_timer *t) {
         rx_timer_stop(t);
 }
 
+static uint32_t clamp32(uint64_t v) { return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v; }
+
+/* A read or write timer runs only while its direction can move; started, it counts from now. */
+static void sync_one(rx_conn *c, rx_timer *t, uint32_t ms, bool on, uint64_t *last) {
+    if (!t)
+        return;
+    if (!on || ms == 0) {
+        rx_timer_stop(t);
+    } else if (!rx_timer_active(t)) {
+        *last = rx_loop_now_ms(rx_conn_loop_of(c));
+        rx_timer_start(t, ms, 0);
+    }
+}
+
+static void sync_rw(rx_conn *c) {
+    struct rx_conn_rw *rw = c->rw;
+    if (!rw)
+        return;
+    bool live = !rx_conn_closing(c) && !rx_conn_is_closed(c) && !rx_conn_connecting(c);
+    sync_one(c, rw->rd, rw->read_ms, live && c->rd == RD_OPEN, &rw->last_read);
+    sync_one(c, rw->wr, rw->write_ms, live && rx_conn_writing(c) && rx_conn_queued(c) > 0,
+             &rw->last_write);
+}
+
 void rx_conn_update_interest(rx_conn *c) {
     if (rx_conn_is_closed(c) || rx_conn_connecting(c))
         return;
@@ -63,6 +87,8 @@ void rx_conn_update_interest(rx_conn *c) {
     int rc = rx_channel_set_interest(c->ch, want);
     if (rc < 0)
         rx_conn_close_now(c, RX_CLOSE_ERROR, rc);
+    else
+        sync_rw(c);
 }
 
 /* ---- buffers ---------------------------------------------------------------------------- */
@@ -103,6 +129,10 @@ void rx_conn_close_now(rx_conn *c, rx_close_reason reason, int err) {
     c->err = (int16_t)err;
     stop_timer(c->idle);
     stop_timer(c->close_timer);
+    if (c->rw) {
+        stop_timer(c->rw->rd);
+        stop_timer(c->rw->wr);
+    }
     if (rx_conn_has(c, B_OUT_LENT)) { /* the loop's memory: never ours to free */
         c->bits &= ~B_OUT_LENT;
         c->out = (rx_buffer)RX_BUFFER_INIT;
@@ -276,7 +306,9 @@ static ssize_t read_once(rx_conn *c) {
     }
     if (n > 0) {
         c->bytes_in += (size_t)n;
-        rx_conn_touch(c);
+        /* Bytes a closing connection drops are no progress: they must not extend its deadline. */
+        if (c->rd == RD_OPEN)
+            rx_conn_touch_read(c);
         if (c->rd == RD_OPEN && scratch) {
             rx_buffer tmp = {.data = scratch, .end = (size_t)n, .cap = RX_SCRATCH_SIZE};
             deliver(c, &tmp);
@@ -386,12 +418,14 @@ void rx_conn_shutdown(rx_conn *c) {
         rx_conn_write_out(c);
 }
 
-static void on_idle(rx_timer *t, void *arg) {
-    rx_conn *c = arg;
+/* A timer of one of the three timeouts went off at its deadline as armed. Activity since it was
+ * armed only moved *last: it is re-armed for what is left. Else the timeout passed: the owner's
+ * on_timeout decides (the timeout starts over first), or the connection closes. */
+static void timeout_due(rx_conn *c, rx_timer *t, uint32_t ms, uint64_t *last,
+                        rx_timeout_kind kind) {
     uint64_t now = rx_loop_now_ms(rx_conn_loop_of(c));
-    uint64_t deadline = c->last_active + c->idle_ms;
+    uint64_t deadline = *last + ms;
     if (now < deadline) {
-        /* Activity since the timer was armed only moved last_active: re-arm for what is left. */
         rx_timer_start(t, deadline - now, 0);
         return;
     }
@@ -399,16 +433,31 @@ static void on_idle(rx_timer *t, void *arg) {
         rx_conn_close_now(c, RX_CLOSE_TIMEOUT, -ETIMEDOUT);
         return;
     }
-    rx_conn_touch(c);
-    rx_timer_start(t, c->idle_ms, 0);
-    c->cbs->on_timeout(c, c->arg);
+    *last = now;
+    rx_timer_start(t, ms, 0);
+    c->cbs->on_timeout(c, kind, c->arg);
+}
+
+static void on_idle(rx_timer *t, void *arg) {
+    rx_conn *c = arg;
+    timeout_due(c, t, c->idle_ms, &c->last_active, RX_TIMEOUT_IDLE);
+}
+
+static void on_read_timeout(rx_timer *t, void *arg) {
+    rx_conn *c = arg;
+    timeout_due(c, t, c->rw->read_ms, &c->rw->last_read, RX_TIMEOUT_READ);
+}
+
+static void on_write_timeout(rx_timer *t, void *arg) {
+    rx_conn *c = arg;
+    timeout_due(c, t, c->rw->write_ms, &c->rw->last_write, RX_TIMEOUT_WRITE);
 }
 
 int rx_conn_set_idle_timeout(rx_conn *c, uint64_t ms) {
     RX_LOOP_THREAD(rx_conn_loop_of(c));
     if (rx_conn_is_closed(c) || rx_conn_closing(c))
         return -EPIPE; /* a closing connection is bounded by its close deadline */
-    c->idle_ms = ms;
+    c->idle_ms = clamp32(ms);
     if (ms == 0) {
         stop_timer(c->idle);
         return 0;
@@ -416,7 +465,38 @@ int rx_conn_set_idle_timeout(rx_conn *c, uint64_t ms) {
     if (!c->idle && !(c->idle = rx_timer_new(rx_conn_loop_of(c), on_idle, c)))
         return -ENOMEM;
     rx_conn_touch(c);
-    return rx_timer_start(c->idle, ms, 0);
+    return rx_timer_start(c->idle, c->idle_ms, 0);
+}
+
+int rx_conn_set_timeouts(rx_conn *c, uint64_t read_ms, uint64_t write_ms) {
+    RX_LOOP_THREAD(rx_conn_loop_of(c));
+    if (rx_conn_is_closed(c) || rx_conn_closing(c))
+        return -EPIPE;
+    if (!c->rw && !read_ms && !write_ms)
+        return 0;
+    rx_loop *loop = rx_conn_loop_of(c);
+    if (!c->rw && !(c->rw = rx_sys.calloc(1, sizeof(*c->rw))))
+        return -ENOMEM;
+    struct rx_conn_rw *rw = c->rw;
+    if ((read_ms && !rw->rd && !(rw->rd = rx_timer_new(loop, on_read_timeout, c))) ||
+        (write_ms && !rw->wr && !(rw->wr = rx_timer_new(loop, on_write_timeout, c))))
+        return -ENOMEM;
+    rw->read_ms = clamp32(read_ms);
+    rw->write_ms = clamp32(write_ms);
+    stop_timer(rw->rd); /* so that sync_rw starts each over from now */
+    stop_timer(rw->wr);
+    sync_rw(c);
+    return 0;
+}
+
+/* The read and write timeouts' memory. */
+static void free_rw(rx_conn *c) {
+    if (!c->rw)
+        return;
+    rx_timer_free(c->rw->rd);
+    rx_timer_free(c->rw->wr);
+    rx_sys.free(c->rw);
+    c->rw = NULL;
 }
 
 /* ---- life --------------------------------------------------------------------------------- */
@@ -441,6 +521,7 @@ static void finalize(void *arg) {
     rx_connect_release(c);
     rx_timer_free(c->idle);
     rx_timer_free(c->close_timer);
+    free_rw(c);
     free_input(c);
     rx_buffer_free(&c->out);
     rx_conn_release_files(c);
@@ -523,10 +604,10 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
               (opts->tuning.always_queue ? B_ALWAYS_QUEUE : 0);
     c->cbs = cbs ? cbs : &no_callbacks;
     c->arg = arg;
-    c->high_water = opts->high_water ? opts->high_water : DEFAULT_HIGH_WATER;
-    c->low_water = opts->low_water ? opts->low_water : c->high_water / 4;
-    uint64_t close_ms = opts->close_timeout_ms ? opts->close_timeout_ms : DEFAULT_CLOSE_MS;
-    c->close_ms = close_ms > UINT32_MAX ? UINT32_MAX : (uint32_t)close_ms;
+    /* Marks beyond 4 GiB make no sense for one connection's queue: clamped, they fit 32 bits. */
+    c->high_water = opts->high_water ? clamp32(opts->high_water) : DEFAULT_HIGH_WATER;
+    c->low_water = opts->low_water ? clamp32(opts->low_water) : c->high_water / 4;
+    c->close_ms = clamp32(opts->close_timeout_ms ? opts->close_timeout_ms : DEFAULT_CLOSE_MS);
     int one = 1;
     /* Both fail harmlessly on a unix socket. */
     if (!opts->nagle)
@@ -535,6 +616,8 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
         setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
     rx_conn_touch(c);
     int rc = opts->idle_timeout_ms ? rx_conn_set_idle_timeout(c, opts->idle_timeout_ms) : 0;
+    if (rc == 0)
+        rc = rx_conn_set_timeouts(c, opts->read_timeout_ms, opts->write_timeout_ms);
     if (rc == 0 && opts->tuning.own_buffers &&
         (!(c->in = rx_sys.calloc(1, sizeof(*c->in))) || rx_buffer_reserve(c->in, 4096) < 0 ||
          rx_buffer_reserve(&c->out, 4096) < 0))
@@ -544,6 +627,7 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
     if (rc < 0) {
         /* Never handed out: no on_close is owed, only the memory. */
         rx_timer_free(c->idle);
+        free_rw(c);
         free_input(c);
         rx_buffer_free(&c->out);
         rx_channel_set_destructor(ch, free_unopened);

@@ -50,6 +50,14 @@ enum {
 
 struct rx_file_queue;
 struct rx_connect_state;
+
+/* The read and write timeouts (rx_conn_set_timeouts): memory only for a connection that uses
+ * them. Each timer runs only while its direction can move (rx_conn_update_interest). */
+struct rx_conn_rw {
+    rx_timer *rd, *wr;
+    uint32_t read_ms, write_ms;
+    uint64_t last_read, last_write; /* loop ms of the last read, the last write progress */
+};
 struct rx_server_shard;
 
 /* The memory of a connection lives in its channel's allocation (rx_channel_new_owner): one block,
@@ -61,10 +69,13 @@ struct rx_conn {
     rx_buffer *in; /* bytes kept between reads (an incomplete message); NULL: none */
     rx_buffer out; /* queued output before, between and after file ranges */
     struct rx_file_queue *files;
-    size_t high_water, low_water;
+    uint32_t high_water, low_water;
     rx_timer *idle;        /* the idle timeout, while the connection is not closing */
     rx_timer *close_timer; /* the deadline of a graceful close */
-    uint64_t idle_ms, last_active;
+    struct rx_conn_rw *rw; /* the read and write timeouts; NULL: none */
+    /* The last read or write progress (the idle timeout), or, once closing, the close or the last
+     * write progress (the close deadline: reading the peer's leftovers does not extend it). */
+    uint64_t last_active;
     unsigned long long bytes_in, bytes_out;
     struct rx_server_shard *owner;    /* the server (its part on this loop) that accepted it */
     struct rx_connect_state *connect; /* non-NULL while connecting (connector.c) */
@@ -72,7 +83,8 @@ struct rx_conn {
      * closed: the one field other threads touch. */
     _Atomic uint32_t refs;
     uint32_t close_ms; /* deadline of a graceful close */
-    int16_t err;       /* on_close's err (a negative errno fits) */
+    uint32_t idle_ms;
+    int16_t err; /* on_close's err (a negative errno fits) */
     uint16_t bits;
     uint8_t rd, wr; /* enum conn_rd, enum conn_wr */
     uint8_t reason; /* rx_close_reason of the close under way; CLOSE_NONE */
@@ -102,6 +114,17 @@ static inline void rx_conn_touch(rx_conn *c) {
 static inline void rx_conn_set_callbacks(rx_conn *c, const rx_conn_callbacks *cbs, void *arg) {
     c->cbs = cbs;
     c->arg = arg;
+}
+/* Bytes were read (and handed to on_data), or written: the timeouts that watch it start over. */
+static inline void rx_conn_touch_read(rx_conn *c) {
+    rx_conn_touch(c);
+    if (c->rw)
+        c->rw->last_read = c->last_active;
+}
+static inline void rx_conn_touch_write(rx_conn *c) {
+    rx_conn_touch(c);
+    if (c->rw)
+        c->rw->last_write = c->last_active;
 }
 
 /* Wraps fd in a connection; `connecting` leaves interest to the connector. */

@@ -50,7 +50,7 @@ void rx_conn_write_out(rx_conn *c) {
     }
     size_t queued = rx_conn_queued(c);
     if (queued < before)
-        rx_conn_touch(c);
+        rx_conn_touch_write(c);
     if (queued == 0) {
         if (!rx_conn_has(c, B_OWN_BUFFERS) && !rx_conn_has(c, B_OUT_LENT))
             rx_buffer_free(&c->out);
@@ -139,7 +139,7 @@ int rx_conn_sendv(rx_conn *c, const struct iovec *iov, int iovcnt) {
         if (n > 0) {
             written = (size_t)n;
             c->bytes_out += written;
-            rx_conn_touch(c);
+            rx_conn_touch_write(c);
         }
     }
     if (written == total)
