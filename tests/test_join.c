@@ -369,6 +369,8 @@ START_TEST(test_refused_connect_closes_a_at_once) {
     ck_assert(run_until(ended, 5000));
     ck_assert_int_eq(J.end.reason[1], RX_CLOSE_ERROR);
     ck_assert_int_eq(J.end.err[1], -ECONNREFUSED);
+    ck_assert(J.end.opened[0]);
+    ck_assert(!J.end.opened[1]); /* the connect never completed */
     ck_assert_int_eq(J.end.reason[0], RX_CLOSE_LOCAL);
     ck_assert_uint_eq(J.end.bytes[0] + J.end.bytes[1], 0);
     run_for(20);
@@ -504,6 +506,7 @@ START_TEST(test_join_inside_on_data_while_connecting) {
     ck_assert(run_until(is_joined, 2000));
     ck_assert_int_eq(px.b_state, RX_CONN_CONNECTING);
     ck_assert_uint_eq(px.left, 1000);
+    ck_assert(!J.end.opened[1]); /* not yet */
     ck_assert_int_gt(tu_poll(lfd, POLLIN, 2000), 0);
     J.f[1].fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     ck_assert_int_ge(J.f[1].fd, 0);
@@ -517,6 +520,7 @@ START_TEST(test_join_inside_on_data_while_connecting) {
     ck_assert(run_until(all_done, 5000));
     ck_assert_int_eq(J.end.reason[0], RX_CLOSE_PEER);
     ck_assert_int_eq(J.end.reason[1], RX_CLOSE_PEER);
+    ck_assert(J.end.opened[0] && J.end.opened[1]); /* b's connect completed after the join */
     ck_assert_uint_eq(J.end.bytes[0], 1000);
     ck_assert_uint_eq(J.end.bytes[1], 5000);
     teardown();

@@ -58,19 +58,6 @@ static struct proxy_loop *loop_of(struct proxy *p, rx_conn *c) {
     abort(); /* every connection lives on a loop of the group */
 }
 
-/* Whether the upstream's connect failed. rx_join_end does not say whether it completed, so this
- * reads it from how the pair ended: the upstream closed with an error (refused, unreachable, ...)
- * or a timeout, before a byte came from it. A timeout of both at once is the pair's idle timeout
- * (the join closes the other side gracefully, with RX_CLOSE_LOCAL, when only one timed out). An
- * upstream that connected, never sent a byte and alone timed out (its queue stuck for the idle
- * timeout, or past its close deadline) counts too. */
-static bool connect_failed(const rx_join_end *end) {
-    if (end->bytes[1] != 0)
-        return false;
-    return end->reason[1] == RX_CLOSE_ERROR ||
-           (end->reason[1] == RX_CLOSE_TIMEOUT && end->reason[0] != RX_CLOSE_TIMEOUT);
-}
-
 /* One loop more has no pair left after the server's stop; the last one stops every loop. */
 static void loop_drained(struct proxy *p) {
     if (atomic_fetch_sub_explicit(&p->loops_busy, 1, memory_order_acq_rel) == 1)
@@ -84,7 +71,7 @@ static void on_end(const rx_join_end *end, void *arg) {
     pl->conns++;
     pl->bytes_up += end->bytes[0];
     pl->bytes_down += end->bytes[1];
-    pl->failed += connect_failed(end);
+    pl->failed += !end->opened[1]; /* the upstream's connect failed (or the client left first) */
     if (--pl->live == 0 && pl->draining)
         loop_drained(pl->p);
 }

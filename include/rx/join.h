@@ -16,6 +16,8 @@ typedef struct rx_join_end {
     rx_close_reason reason[2];   /* each connection's on_close reason */
     int err[2];                  /* and its err (0 or a negative errno) */
     unsigned long long bytes[2]; /* bytes[0]: read from a and handed to b; bytes[1]: b to a */
+    bool opened[2]; /* the connection was established: open at the join, or its connect completed
+                       (false: a connect that failed, or was cut short) */
 } rx_join_end;
 
 typedef struct rx_join_opts {

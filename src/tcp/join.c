@@ -3,6 +3,7 @@
  * for) and "the other" side:
  *
  *   callback of this side       then
+ *   on_open                     (a connect under way at the join completed) note it for on_end
  *   on_data                     send the bytes to the other (at once when nothing is queued
  *                               there, from the loop's scratch buffer), consume them
  *   on_high_water               the other stops reading (it feeds this side's queue)
@@ -84,6 +85,12 @@ static void join_eof(rx_conn *c, void *arg) {
         rx_conn_shutdown(o);
 }
 
+/* A connect still under way at the join completed. */
+static void join_open(rx_conn *c, void *arg) {
+    struct rx_join *j = arg;
+    j->end.opened[side_of(j, c)] = true;
+}
+
 static void join_stop(rx_conn *c, void *arg) {
     (void)arg;
     rx_conn_close(c);
@@ -115,6 +122,7 @@ static void join_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
 }
 
 static const rx_conn_callbacks join_cbs = {
+    .on_open = join_open,
     .on_data = join_data,
     .on_high_water = join_high,
     .on_low_water = join_low,
@@ -158,6 +166,8 @@ int rx_conn_join(rx_conn *a, rx_conn *b, const rx_join_opts *opts) {
         return -ENOMEM;
     j->c[0] = a;
     j->c[1] = b;
+    j->end.opened[0] = rx_conn_get_state(a) != RX_CONN_CONNECTING;
+    j->end.opened[1] = rx_conn_get_state(b) != RX_CONN_CONNECTING;
     if (opts) {
         j->on_end = opts->on_end;
         j->arg = opts->arg;
