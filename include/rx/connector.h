@@ -27,7 +27,9 @@ typedef struct rx_connect_opts {
  * meanwhile is queued. on_open runs when connected; when every attempt has failed, on_close runs
  * with RX_CLOSE_ERROR (err -ECONNREFUSED, ...) or RX_CLOSE_TIMEOUT (err -ETIMEDOUT). rx_conn_close
  * or rx_conn_abort cancel it. Returns NULL and sets errno for a bad address (EINVAL) or when no
- * socket can be made (EMFILE, ENOMEM, ...). */
+ * socket can be made (EMFILE, ENOMEM, ...). A connection made here belongs to no server, so no
+ * server's graceful stop reaches it: join it to a server's connection (rx/join.h: the server's
+ * stop then closes the pair), or close it yourself when you stop the server. */
 rx_conn *rx_connect(rx_loop *loop, const rx_connect_opts *opts);
 
 #ifdef __cplusplus
