@@ -235,7 +235,12 @@ START_TEST(test_backpressure_pauses_and_bounds) {
     J.sample = true;
     J.f[fast].total = BP_TOTAL;
     J.f[slow].reading = false;
-    ck_assert(run_until(slow_side_full, 5000));
+    /* Generous: under ThreadSanitizer, next to another suite, it once took more than 5 s. */
+    ck_assert_msg(run_until(slow_side_full, 30000),
+                  "slow side's queue at most %zu (now %zu), fast side read %llu, its far end sent "
+                  "%llu",
+                  J.max_queued[slow], rx_conn_queued(J.c[slow]), rx_conn_bytes_in(J.c[fast]),
+                  J.f[fast].sent);
     /* The slow side's queue passed its mark: the fast side reads nothing more, its far end is
      * held up by the kernel's (small) buffers, and the queue stays where it is. */
     run_for(100);
