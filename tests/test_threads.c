@@ -412,59 +412,28 @@ START_TEST(test_timer_start_off_thread_aborts) {
 }
 END_TEST
 
-/* In a child with stderr captured: which = 0 calls rx_conn_send, 1 rx_timer_start, from the
- * test's thread. Returns the child's wait status; the message goes into msg. */
+/* In the child: which = 0 calls rx_conn_send, 1 rx_timer_start, from the test's thread, on a
+ * loop that another thread runs (so it should abort). */
+static void off_thread_call(void *arg) {
+    int which = *(int *)arg;
+    if (which == 0) {
+        rx_conn *c;
+        int peer;
+        group_with_conn(&c, &peer);
+        rx_conn_send(c, "x", 1);
+    } else {
+        rx_loop_group *g = new_group(1);
+        rx_timer *t = rx_timer_new(rx_loop_group_loop(g, 0), t_fired, &fired);
+        if (!t || rx_loop_group_start(g) != 0)
+            _exit(3);
+        tu_on_loop(rx_loop_group_loop(g, 0), nothing, NULL, 5000);
+        rx_timer_start(t, 10, 0);
+    }
+}
+
+/* off_thread_call in a child with stderr captured: the wait status; the message goes into msg. */
 static int off_thread_child(int which, char *msg, size_t cap) {
-    int pfd[2];
-    ck_assert_int_eq(pipe2(pfd, O_CLOEXEC), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        dup2(pfd[1], STDERR_FILENO);
-        if (which == 0) {
-            rx_conn *c;
-            int peer;
-            group_with_conn(&c, &peer);
-            rx_conn_send(c, "x", 1);
-        } else {
-            rx_loop_group *g = new_group(1);
-            rx_timer *t = rx_timer_new(rx_loop_group_loop(g, 0), t_fired, &fired);
-            if (!t || rx_loop_group_start(g) != 0)
-                _exit(3);
-            tu_on_loop(rx_loop_group_loop(g, 0), nothing, NULL, 5000);
-            rx_timer_start(t, 10, 0);
-        }
-        _exit(2); /* not aborted */
-    }
-    close(pfd[1]);
-    size_t got = 0;
-    unsigned long long deadline = tu_now_ms() + 10000;
-    for (;;) {
-        if (tu_poll(pfd[0], POLLIN, 50) == 0) {
-            if (tu_now_ms() >= deadline)
-                break;
-            continue;
-        }
-        ssize_t r = read(pfd[0], msg + got, cap - 1 - got);
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-        if (got == cap - 1)
-            break;
-    }
-    msg[got] = '\0';
-    close(pfd[0]);
-    int status = 0;
-    pid_t w;
-    while ((w = waitpid(pid, &status, WNOHANG)) == 0 && tu_now_ms() < deadline)
-        usleep(5000);
-    if (w == 0) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-        ck_abort_msg("the child neither aborted nor exited in 10 s");
-    }
-    return status;
+    return tu_in_child(off_thread_call, &which, msg, cap);
 }
 
 /* Whether msg names fn as a whole word (rx_conn_send, not rx_conn_sendv). */

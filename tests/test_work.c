@@ -903,7 +903,8 @@ static void mark(void *arg) { atomic_store((atomic_int *)arg, 1); }
 
 /* In the child: a loop run by a thread of its own, a request queued for it, and rx_work_cancel
  * from this thread. */
-static void cancel_off_thread(void) {
+static void cancel_off_thread(void *unused) {
+    (void)unused;
     rx_loop_group *g = rx_loop_group_new(1);
     rx_work_pool_opts o = {.threads = 1};
     rx_work_pool *p = rx_work_pool_new(&o);
@@ -926,30 +927,8 @@ static void cancel_off_thread(void) {
 }
 
 START_TEST(test_cancel_off_thread_aborts) {
-    int pfd[2];
-    ck_assert_int_eq(pipe2(pfd, O_CLOEXEC), 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        dup2(pfd[1], STDERR_FILENO);
-        cancel_off_thread();
-        _exit(2); /* not aborted */
-    }
-    close(pfd[1]);
-    /* The child ends by itself within ~5 s (abort, or exit after its bounded wait). */
     char msg[4096];
-    size_t got = 0;
-    for (ssize_t r;
-         got < sizeof(msg) - 1 && (r = read(pfd[0], msg + got, sizeof(msg) - 1 - got)) != 0;)
-        if (r > 0)
-            got += (size_t)r;
-        else if (errno != EINTR)
-            break;
-    msg[got] = '\0';
-    close(pfd[0]);
-    int status = 0;
-    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    int status = tu_in_child(cancel_off_thread, NULL, msg, sizeof(msg));
     ck_assert_msg(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT, "child %s %d, stderr: %s",
                   WIFSIGNALED(status) ? "killed by signal" : "exited",
                   WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status), msg);

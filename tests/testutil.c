@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -811,4 +812,45 @@ void tu_inject_io(int fd) {
     rx_sys.sendfile = io_sendfile;
     rx_sys.read = io_read;
     rx_sys.readv = io_readv;
+}
+
+int tu_in_child(void (*fn)(void *), void *arg, char *msg, size_t cap) {
+    int pfd[2];
+    ck_assert_int_eq(pipe2(pfd, O_CLOEXEC), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        dup2(pfd[1], STDERR_FILENO);
+        fn(arg);
+        _exit(2); /* fn returned */
+    }
+    close(pfd[1]);
+    size_t got = 0;
+    unsigned long long deadline = tu_now_ms() + 10000;
+    for (;;) {
+        if (tu_poll(pfd[0], POLLIN, 50) == 0) {
+            if (tu_now_ms() >= deadline)
+                break;
+            continue;
+        }
+        ssize_t r = read(pfd[0], msg + got, cap - 1 - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+        if (got == cap - 1)
+            break;
+    }
+    msg[got] = '\0';
+    close(pfd[0]);
+    int status = 0;
+    pid_t w;
+    while ((w = waitpid(pid, &status, WNOHANG)) == 0 && tu_now_ms() < deadline)
+        usleep(5000);
+    if (w == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        ck_abort_msg("the child neither aborted nor exited in 10 s");
+    }
+    return status;
 }

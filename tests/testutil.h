@@ -97,6 +97,11 @@ int tu_server_port(const rx_server *s);
 /* Waits up to ms for poll events on fd; returns the revents (0 on timeout). */
 short tu_poll(int fd, short events, int ms);
 
+/* Runs fn(arg) in a forked child whose stderr is captured into msg (cap bytes, NUL-terminated);
+ * the child exits with status 2 if fn returns. Returns the child's wait status; fails the test
+ * when the child neither ends nor closes its stderr within 10 s. */
+int tu_in_child(void (*fn)(void *), void *arg, char *msg, size_t cap);
+
 /* A timer that stops the loop after ms and notes that it fired: bounds an rx_loop_run (or an
  * rx_loop_run_once(loop, -1)) that a test expects to return sooner. */
 typedef struct tu_guard {
