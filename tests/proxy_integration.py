@@ -456,39 +456,30 @@ class ProxyTest(unittest.TestCase):
                 s.close()
             slow.close()
 
-    def test_client_reset_passes_on_to_upstream(self):
+    def reset_passes_on(self, from_client):
+        """One side says 4 bytes and then resets: the other side gets them, then the reset."""
         up = Upstream()
         proxy = Proxy(up.addr)
         try:
             client, server = pair(proxy, up)
-            client.sendall(b"ping")
-            self.assertEqual(server.recv(4), b"ping")
-            reset(client)
+            talker, other = (client, server) if from_client else (server, client)
+            talker.sendall(b"ping")
+            self.assertEqual(other.recv(4), b"ping")
+            reset(talker)
             with self.assertRaises(ConnectionResetError):
-                server.recv(1)
-            server.close()
+                other.recv(1)
+            other.close()
         finally:
             rc, counters, err = proxy.stop()
             up.close()
         self.assertEqual(rc, 0, err)
-        self.assertEqual(counters, (1, 4, 0, 0), err)
+        self.assertEqual(counters, (1, 4, 0, 0) if from_client else (1, 0, 4, 0), err)
+
+    def test_client_reset_passes_on_to_upstream(self):
+        self.reset_passes_on(from_client=True)
 
     def test_upstream_reset_passes_on_to_client(self):
-        up = Upstream()
-        proxy = Proxy(up.addr)
-        try:
-            client, server = pair(proxy, up)
-            server.sendall(b"pong")
-            self.assertEqual(client.recv(4), b"pong")
-            reset(server)
-            with self.assertRaises(ConnectionResetError):
-                client.recv(1)
-            client.close()
-        finally:
-            rc, counters, err = proxy.stop()
-            up.close()
-        self.assertEqual(rc, 0, err)
-        self.assertEqual(counters, (1, 0, 4, 0), err)
+        self.reset_passes_on(from_client=False)
 
     def test_idle_timeout_ends_both_sides(self):
         up = Upstream()
