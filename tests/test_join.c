@@ -532,18 +532,19 @@ START_TEST(test_join_inside_on_data_while_connecting) {
 }
 END_TEST
 
-/* ---- errors: -EINVAL, -EPIPE, -ENOMEM change nothing ---- */
+/* ---- errors: -EINVAL, -EPIPE, -EBUSY, -ENOMEM change nothing ---- */
 
 START_TEST(test_errors_change_nothing) {
     memset(&J, 0, sizeof(J));
     rx_loop *l1 = rx_loop_new(), *l2 = rx_loop_new();
-    tu_tr ta = {0}, tb = {0}, tc = {0}, td = {0}, te = {0};
-    int pa, pb, pc, pd, pe;
+    tu_tr ta = {0}, tb = {0}, tc = {0}, td = {0}, te = {0}, tf = {0};
+    int pa, pb, pc, pd, pe, pf;
     rx_conn *a = tu_conn_pair(l1, false, NULL, &tu_tr_cbs, &ta, &pa);
     rx_conn *b = tu_conn_pair(l1, false, NULL, &tu_tr_cbs, &tb, &pb);
     rx_conn *c = tu_conn_pair(l2, false, NULL, &tu_tr_cbs, &tc, &pc);
     rx_conn *d = tu_conn_pair(l1, false, NULL, &tu_tr_cbs, &td, &pd);
     rx_conn *e = tu_conn_pair(l1, false, NULL, &tu_tr_cbs, &te, &pe);
+    rx_conn *f = tu_conn_pair(l1, false, NULL, &tu_tr_cbs, &tf, &pf);
     ck_assert_int_eq(rx_conn_join(NULL, b, &join_opts), -EINVAL);
     ck_assert_int_eq(rx_conn_join(a, NULL, &join_opts), -EINVAL);
     ck_assert_int_eq(rx_conn_join(a, a, &join_opts), -EINVAL);
@@ -565,6 +566,10 @@ START_TEST(test_errors_change_nothing) {
     /* opts may be NULL; then the user's callbacks are no longer called, and nothing reports. */
     ck_assert_int_eq(rx_conn_join(a, e, NULL), 0);
     ck_assert_ptr_ne(rx_conn_arg(a), &ta);
+    /* A joined connection cannot be joined again, either side first; f stays the user's. */
+    ck_assert_int_eq(rx_conn_join(f, a, &join_opts), -EBUSY);
+    ck_assert_int_eq(rx_conn_join(e, f, &join_opts), -EBUSY);
+    ck_assert_ptr_eq(rx_conn_arg(f), &tf);
     tu_peer_write_all(l1, pa, "x", 1);
     tu_peer p;
     tu_peer_init(&p, pe, false);
@@ -577,8 +582,9 @@ START_TEST(test_errors_change_nothing) {
     close(pb);
     close(pd);
     close(pc);
+    close(pf);
     rx_loop_free(l2);
-    tu_free_loop_closing(l1, &tb, &td, NULL); /* b, d: the user's to the end */
+    tu_free_loop_closing(l1, &tb, &td, &tf, NULL); /* b, d, f: the user's to the end */
     ck_assert_int_eq(ta.closes + te.closes, 0);
     ck_assert_int_eq(tc.closes, 1);
     ck_assert_int_eq(atomic_load(&J.ends), 0);

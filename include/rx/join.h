@@ -42,7 +42,8 @@ typedef struct rx_join_opts {
  *     failed connect, a timeout, a local close or a server's stop) the other is closed
  *     gracefully: what is queued for it is still written, then its peer sees the end of stream.
  * opts may be NULL (no on_end). Returns 0; -EINVAL (a or b NULL, a == b, or two loops); -EPIPE
- * when either is closing or closed; -ENOMEM (nothing changes on an error). Loop thread only. */
+ * when either is closing or closed; -EBUSY when either is joined already; -ENOMEM (nothing changes
+ * on an error). Loop thread only. */
 int rx_conn_join(rx_conn *a, rx_conn *b, const rx_join_opts *opts);
 
 #ifdef __cplusplus

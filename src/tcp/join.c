@@ -161,6 +161,8 @@ int rx_conn_join(rx_conn *a, rx_conn *b, const rx_join_opts *opts) {
     RX_LOOP_THREAD(rx_conn_loop_of(a));
     if (gone(a) || gone(b))
         return -EPIPE;
+    if (a->cbs == &join_cbs || b->cbs == &join_cbs)
+        return -EBUSY;
     struct rx_join *j = rx_sys.calloc(1, sizeof(*j));
     if (!j)
         return -ENOMEM;
