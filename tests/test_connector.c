@@ -110,7 +110,9 @@ START_TEST(test_connect_ok) {
     tu_tr k = {0};
     rx_conn *c = client(loop, (rx_connect_opts){.addr = addr, .timeout_ms = 2000}, &k);
     ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CONNECTING);
-    ck_assert_int_eq(k.opens, 0); /* never from inside rx_connect */
+    ck_assert_int_eq(k.opens, 0);         /* never from inside rx_connect */
+    ck_assert_ptr_eq(rx_conn_arg(c), &k); /* its own context from the start */
+    ck_assert_ptr_null(rx_conn_server(c));
     ck_assert(tu_run_until_fn(loop, tu_tr_opened, &k, 2000, 5));
     ck_assert_int_eq(k.opens, 1);
     ck_assert_int_eq(k.closes, 0);

@@ -33,6 +33,7 @@ struct sc {
     rx_close_reason reason;
     int err;
     unsigned long long open_ms, close_ms;
+    rx_server *server_at_close; /* rx_conn_server in on_close */
 };
 
 static struct srv {
@@ -42,6 +43,7 @@ static struct srv {
     bool echo;
     bool big_on_open;        /* on_open sends 8 MiB into a small send buffer */
     rx_server *free_in_data; /* on_data frees this server */
+    bool close_before_free;  /* ... after closing its own connection */
     rx_server *stop_in_data; /* on_data stops this server */
     int stopped;             /* on_stopped calls */
     int stop_calls;          /* on_stop calls */
@@ -59,7 +61,10 @@ static struct sc *slot_by_port(int port) {
 }
 
 static void s_open(rx_conn *c, void *arg) {
-    ck_assert_ptr_eq(arg, &S); /* the server's arg */
+    ck_assert_ptr_eq(arg, &S);                /* the server's arg, */
+    ck_assert_ptr_null(rx_conn_arg(c));       /* not the connection's: it has none yet */
+    ck_assert_ptr_nonnull(rx_conn_server(c)); /* (which is where the server's arg is found) */
+    ck_assert_ptr_eq(rx_server_arg(rx_conn_server(c)), &S);
     ck_assert_int_lt(S.n, MAXC);
     struct sc *sc = &S.conns[S.n++];
     sc->c = c;
@@ -90,6 +95,8 @@ static void s_data(rx_conn *c, rx_buffer *in, void *arg) {
     if (S.free_in_data) {
         rx_server *s = S.free_in_data;
         S.free_in_data = NULL;
+        if (S.close_before_free)
+            rx_conn_abort(c);
         rx_server_free(s);
     }
     if (S.stop_in_data) {
@@ -100,9 +107,9 @@ static void s_data(rx_conn *c, rx_buffer *in, void *arg) {
 }
 
 static void s_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
-    (void)c;
     struct sc *sc = arg;
     sc->closes++;
+    sc->server_at_close = rx_conn_server(c);
     sc->reason = reason;
     sc->err = err;
     sc->close_ms = tu_now_ms();
@@ -253,9 +260,46 @@ START_TEST(test_echo_and_addresses) {
         ck_assert_int_eq(S.conns[i].closes, 1);
         ck_assert_int_eq(S.conns[i].reason, RX_CLOSE_PEER);
         ck_assert_int_eq(S.conns[i].late, 0);
+        ck_assert_ptr_eq(S.conns[i].server_at_close, s);
     }
     ck_assert_uint_eq(rx_server_conn_count(s), 0);
     ck_assert_uint_eq(rx_server_accepted(s), 3);
+    rx_server_free(s);
+    rx_loop_free(loop);
+}
+END_TEST
+
+/* A connection's context is its own: without an on_open that sets one, its callbacks get NULL,
+ * never the server's arg (issue 12). */
+static void *ctx_seen[2];
+static void ctx_data(rx_conn *c, rx_buffer *in, void *arg) {
+    (void)c;
+    ctx_seen[0] = arg;
+    rx_buffer_consume(in, rx_buffer_len(in));
+}
+static void ctx_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
+    (void)reason;
+    (void)err;
+    ctx_seen[1] = arg;
+    ck_assert_ptr_eq(rx_server_arg(rx_conn_server(c)), &S);
+    S.closes++;
+}
+
+START_TEST(test_conn_context_not_servers) {
+    srv_reset();
+    ctx_seen[0] = ctx_seen[1] = &ctx_seen; /* neither NULL nor the server's arg */
+    static const rx_conn_callbacks cbs = {.on_data = ctx_data, .on_close = ctx_close};
+    rx_loop *loop = rx_loop_new();
+    rx_server_opts o = {.cbs = &cbs};
+    rx_server *s = server_new(loop, &o);
+    ck_assert_ptr_eq(rx_server_arg(s), &S);
+    int cl = tu_tcp_connect(tu_server_port(s), true);
+    ck_assert_int_ge(cl, 0);
+    ck_assert_int_eq(send(cl, "x", 1, MSG_NOSIGNAL), 1);
+    close(cl);
+    ck_assert(tu_run_until_count(loop, &S.closes, 1, 2000));
+    ck_assert_ptr_null(ctx_seen[0]);
+    ck_assert_ptr_null(ctx_seen[1]);
     rx_server_free(s);
     rx_loop_free(loop);
 }
@@ -592,6 +636,7 @@ END_TEST
 
 START_TEST(test_free_from_callback) {
     srv_reset();
+    S.close_before_free = _i == 1; /* its on_close is due when the server goes */
     rx_loop *loop = rx_loop_new();
     rx_server_opts o = {0};
     rx_server *s = server_new(loop, &o);
@@ -606,6 +651,7 @@ START_TEST(test_free_from_callback) {
         ck_assert_int_eq(S.conns[i].closes, 1);
         ck_assert_int_eq(S.conns[i].reason, RX_CLOSE_LOCAL);
         ck_assert_int_eq(S.conns[i].late, 0);
+        ck_assert_ptr_null(S.conns[i].server_at_close); /* freed before their on_close */
     }
     /* More input from the clients reaches nobody. */
     for (int i = 0; i < 3; i++)
@@ -875,6 +921,7 @@ static Suite *server_suite(void) {
     TCase *tc = tu_tcase(s, "core", 30);
     tcase_add_test(tc, test_echo_and_addresses);
     tcase_add_test(tc, test_new_errors);
+    tcase_add_test(tc, test_conn_context_not_servers);
     tcase_add_test(tc, test_max_conns);
     tcase_add_test(tc, test_idle_timeout_only_idle);
     tcase_add_test(tc, test_stop_refuses_new_closes_idle_after_deadline);
@@ -884,7 +931,7 @@ static Suite *server_suite(void) {
     tcase_add_test(tc, test_stop_aborts_conn_that_cannot_drain);
     tcase_add_test(tc, test_stop_from_callback);
     tcase_add_test(tc, test_free_live_conns_outside_loop);
-    tcase_add_test(tc, test_free_from_callback);
+    tcase_add_loop_test(tc, test_free_from_callback, 0, 2);
     tcase_add_test(tc, test_loop_free_after_server_free);
     tcase_add_test(tc, test_accepted_conn_registration_fails);
     return s;

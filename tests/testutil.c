@@ -391,8 +391,10 @@ static tu_tr *tr_note(void *arg, const char *what) {
     return t;
 }
 
+/* Also the connection's context from now on (a server's connection has none until set). */
 void tu_tr_open(rx_conn *c, void *arg) {
     tu_tr *t = tr_note(arg, "on_open");
+    rx_conn_set_arg(c, t);
     t->opens++;
     t->c = c;
     t->open_ms = tu_now_ms();

@@ -13,11 +13,13 @@
 
 #include "../app.h"
 
-/* The counters of one loop: written only by its own thread (on_close), read by main after the
- * join (which orders them), so they need no atomics. Each on its own cache line, so that loops
- * closing connections at the same time do not bounce one line between cores. */
+/* The context of every connection on one loop: its counters, written only by that loop's thread
+ * (on_close), read by main after the join (which orders them), so they need no atomics. Each on
+ * its own cache line, so that loops closing connections at the same time do not bounce one line
+ * between cores. */
 struct echo_loop {
     _Alignas(64) rx_loop *loop;
+    const struct echo *e;
     unsigned long long conns, bytes_in, bytes_out;
 };
 
@@ -29,13 +31,16 @@ struct echo {
     struct echo_loop *loops;
 };
 
-/* The counters of the loop a connection lives on: a scan of at most one entry per CPU, once per
- * connection (on_close), not per read. */
-static struct echo_loop *loop_of(struct echo *e, rx_conn *c) {
+/* A connection's context is its loop's counters: a scan of at most one entry per CPU, once per
+ * connection, not per read. */
+static void on_open(rx_conn *c, void *arg) {
+    struct echo *e = arg; /* the server's */
     rx_loop *loop = rx_conn_loop(c);
     for (unsigned i = 0; i < e->nloops; i++)
-        if (e->loops[i].loop == loop)
-            return &e->loops[i];
+        if (e->loops[i].loop == loop) {
+            rx_conn_set_arg(c, &e->loops[i]);
+            return;
+        }
     abort(); /* every connection lives on a loop of the group */
 }
 
@@ -51,8 +56,8 @@ static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
 /* Backpressure: stop reading from a client whose echoes pile up until it reads them. */
 static void on_high_water(rx_conn *c, size_t queued, void *arg) {
     (void)queued;
-    struct echo *e = arg;
-    if (e->backpressure)
+    const struct echo_loop *el = arg;
+    if (el->e->backpressure)
         rx_conn_pause_read(c);
 }
 
@@ -65,7 +70,7 @@ static void on_low_water(rx_conn *c, size_t queued, void *arg) {
 static void on_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
     (void)reason;
     (void)err;
-    struct echo_loop *el = loop_of(arg, c);
+    struct echo_loop *el = arg;
     el->conns++;
     el->bytes_in += rx_conn_bytes_in(c);
     el->bytes_out += rx_conn_bytes_out(c);
@@ -77,6 +82,7 @@ static void on_shed(rx_listener *l, void *arg) {
 }
 
 static const rx_conn_callbacks echo_callbacks = {
+    .on_open = on_open,
     .on_data = on_data,
     .on_high_water = on_high_water,
     .on_low_water = on_low_water,
@@ -183,7 +189,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     for (unsigned i = 0; i < e.nloops; i++)
-        e.loops[i] = (struct echo_loop){.loop = rx_loop_group_loop(run.group, i)};
+        e.loops[i] = (struct echo_loop){.loop = rx_loop_group_loop(run.group, i), .e = &e};
     opts.group = run.group;
     run.server = rx_server_new(rx_loop_group_loop(run.group, 0), &opts);
     if (!run.server) {

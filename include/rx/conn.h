@@ -56,7 +56,10 @@ typedef enum rx_timeout_kind {
 
 /* Every callback is optional. The table is not copied: it must outlive the connections. */
 typedef struct rx_conn_callbacks {
-    /* The connection is established (accepted, or the connect completed). */
+    /* The connection is established (accepted, or the connect completed). For a connection a
+     * server accepted, arg is the server's (rx_server_opts.arg) and the connection's own arg,
+     * which every other callback gets, is NULL until set here (rx_conn_set_arg); for rx_connect,
+     * arg is the connection's own (rx_connect_opts.arg). */
     void (*on_open)(rx_conn *c, void *arg);
     /* New bytes are in `in`. Consume what you parsed (rx_buffer_consume); the rest stays for the
      * next call (kept in memory of the connection's own until the message is complete). Do not
@@ -194,6 +197,8 @@ rx_conn_state rx_conn_get_state(const rx_conn *c);
 /* Which sides have ended: RX_CONN_READ_ENDED | RX_CONN_WRITE_ENDED (both once closed). */
 unsigned rx_conn_ended(const rx_conn *c);
 rx_loop *rx_conn_loop(const rx_conn *c);
+/* The connection's context, passed to its callbacks (on_open aside: see there); the caller owns
+ * what it points to. For the server's context: rx_server_arg(rx_conn_server(c)). */
 void *rx_conn_arg(const rx_conn *c);
 void rx_conn_set_arg(rx_conn *c, void *arg);
 int rx_conn_fd(const rx_conn *c);

@@ -31,7 +31,9 @@ typedef struct rx_server_opts {
     rx_conn_opts conn;            /* per-connection marks, idle timeout, TCP options */
     size_t max_conns;             /* 0: no limit; over it new connections are closed at once */
     const rx_conn_callbacks *cbs; /* for every connection; must outlive the server */
-    void *arg;                    /* initial arg of every connection (rx_conn_set_arg changes it) */
+    /* The server's context: on_open's arg, rx_server_arg, on_shed's arg. Not a connection's: a
+     * connection starts with none (its arg is NULL until on_open calls rx_conn_set_arg). */
+    void *arg;
     /* NULL: every connection lives on `loop`. Else they are spread over the group's loops, and
      * each connection's callbacks run on its own loop's thread (so must cbs and arg allow). */
     rx_loop_group *group;
@@ -47,6 +49,13 @@ rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts);
 
 const rx_addr *rx_server_addr(const rx_server *s);
 
+/* rx_server_opts.arg. */
+void *rx_server_arg(const rx_server *s);
+
+/* The server that accepted c, from its on_open until its on_close returns; NULL for a connection
+ * of rx_connect, or once the server was freed (rx_server_free). */
+rx_server *rx_conn_server(const rx_conn *c);
+
 /* Graceful stop: stops accepting now, lets open connections go on until they close or
  * deadline_ms passes, then closes the rest (queued output is still written; a connection that
  * cannot write it within another deadline_ms is aborted). on_stopped(arg) runs once no connection
@@ -54,8 +63,9 @@ const rx_addr *rx_server_addr(const rx_server *s);
  * loop does its part on its own thread). */
 void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, void *arg);
 
-/* Connections open now, accepted since the start, and shed since the start (accepted and closed
- * at once because the process was out of fds: see rx_listener_opts.on_shed). */
+/* Connections open now (each counts until its on_close returns), accepted since the start, and
+ * shed since the start (accepted and closed at once because the process was out of fds: see
+ * rx_listener_opts.on_shed). */
 size_t rx_server_conn_count(const rx_server *s);
 unsigned long long rx_server_accepted(const rx_server *s);
 unsigned long long rx_server_shed(const rx_server *s);

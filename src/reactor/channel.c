@@ -196,12 +196,25 @@ rx_channel *rx_channel_next(rx_loop *loop, rx_channel *ch, rx_channel_fn cb) {
     return NULL;
 }
 
+rx_channel *rx_channel_next_closed(rx_loop *loop, rx_channel *ch, rx_channel_fn cb) {
+    /* The one being released comes first; its own link is stale (the graveyard moved on). */
+    if (!ch && loop->reaping && loop->reaping->cb == cb)
+        return loop->reaping;
+    for (ch = !ch || ch == loop->reaping ? loop->graveyard : ch->next; ch; ch = ch->next)
+        if (ch->cb == cb)
+            return ch;
+    return NULL;
+}
+
 void rx_channel_reap(rx_loop *loop) {
     /* A destructor may close more channels; they join the list and are released here too. */
     while (loop->graveyard) {
         rx_channel *ch = loop->graveyard;
         loop->graveyard = ch->next;
+        rx_channel *outer = loop->reaping;
+        loop->reaping = ch;
         release(ch);
+        loop->reaping = outer;
     }
 }
 

@@ -52,4 +52,8 @@ RX_INTERNAL void rx_channel_defer(rx_channel *ch);
  * NULL at the end. Closing `ch` takes it out of the list: fetch the next one first. */
 RX_INTERNAL rx_channel *rx_channel_next(rx_loop *loop, rx_channel *ch, rx_channel_fn cb);
 
+/* The same over the closed channels not yet released: the one whose destructor is running, then
+ * those waiting for the end of the iteration. Nothing may be closed or released during the walk. */
+RX_INTERNAL rx_channel *rx_channel_next_closed(rx_loop *loop, rx_channel *ch, rx_channel_fn cb);
+
 #endif

@@ -85,6 +85,7 @@ struct rx_loop {
 
     rx_channel *channels;  /* live channels */
     rx_channel *graveyard; /* closed, released at the end of the iteration */
+    rx_channel *reaping;   /* taken off the graveyard, its destructor running */
     /* Channels asking for an RX_DEFERRED call before the next poll, in the order they asked;
      * those asking during the pass (`deferring`) wait in deferred_later for the next one. */
     struct rx_defer_list {

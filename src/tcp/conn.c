@@ -514,10 +514,11 @@ static void finalize(void *arg) {
     if (!rx_conn_is_closed(c)) /* released by rx_loop_free while open */
         rx_conn_close_now(c, RX_CLOSE_LOCAL, 0);
     rx_loop_count_conn(rx_conn_loop_of(c), -1);
-    if (c->owner)
-        rx_server_conn_released(c->owner, c);
     if (c->cbs->on_close)
         c->cbs->on_close(c, (rx_close_reason)c->reason, c->err, c->arg);
+    /* After on_close, so that rx_conn_server works there; a server freed meanwhile cleared it. */
+    if (c->owner)
+        rx_server_conn_released(c->owner, c);
     rx_connect_release(c);
     rx_timer_free(c->idle);
     rx_timer_free(c->close_timer);
@@ -647,6 +648,11 @@ rx_conn *rx_conn_new(rx_loop *loop, int fd, const rx_conn_opts *opts, const rx_c
 
 rx_conn *rx_conn_next(rx_loop *loop, rx_conn *c) {
     rx_channel *ch = rx_channel_next(loop, c ? c->ch : NULL, on_event);
+    return ch ? rx_channel_arg(ch) : NULL;
+}
+
+rx_conn *rx_conn_next_closed(rx_loop *loop, rx_conn *c) {
+    rx_channel *ch = rx_channel_next_closed(loop, c ? c->ch : NULL, on_event);
     return ch ? rx_channel_arg(ch) : NULL;
 }
 

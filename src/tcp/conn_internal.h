@@ -147,6 +147,8 @@ RX_INTERNAL void rx_conn_close_within(rx_conn *c, uint64_t ms);
 /* The live connection after c among the loop's (the first for NULL), or NULL at the end. Closing
  * c takes it out of the list: fetch the next one first. */
 RX_INTERNAL rx_conn *rx_conn_next(rx_loop *loop, rx_conn *c);
+/* The same over the closed ones whose on_close has not returned (see rx_channel_next_closed). */
+RX_INTERNAL rx_conn *rx_conn_next_closed(rx_loop *loop, rx_conn *c);
 
 /* State machine helpers (conn.c): interest from the two sides; close once both ended; the close
  * reason for a failed I/O's errno; give a lent scratch buffer back (bytes left move to *keep;

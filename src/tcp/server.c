@@ -70,7 +70,8 @@ static void adopt(struct rx_server_shard *sh, int fd) {
         close(fd); /* over the limit: the client sees its connection end at once */
         return;
     }
-    rx_conn *c = rx_conn_create(sh->loop, fd, false, &s->conn_opts, s->cbs, s->arg);
+    /* No context of its own until on_open gives it one: on_close never gets the server's arg. */
+    rx_conn *c = rx_conn_create(sh->loop, fd, false, &s->conn_opts, s->cbs, NULL);
     if (!c)
         return;
     c->owner = sh;
@@ -78,7 +79,7 @@ static void adopt(struct rx_server_shard *sh, int fd) {
     unsigned long long a = atomic_load_explicit(&sh->accepted, memory_order_relaxed);
     atomic_store_explicit(&sh->accepted, a + 1, memory_order_relaxed);
     if (s->cbs->on_open)
-        s->cbs->on_open(c, c->arg);
+        s->cbs->on_open(c, s->arg);
 }
 
 struct handoff {
@@ -300,6 +301,8 @@ rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts) {
 }
 
 const rx_addr *rx_server_addr(const rx_server *s) { return &s->addr; }
+void *rx_server_arg(const rx_server *s) { return s->arg; }
+rx_server *rx_conn_server(const rx_conn *c) { return c->owner ? c->owner->s : NULL; }
 size_t rx_server_conn_count(const rx_server *s) { return total_count(s); }
 
 unsigned long long rx_server_accepted(const rx_server *s) {
@@ -320,10 +323,14 @@ unsigned long long rx_server_shed(const rx_server *s) {
     return n;
 }
 
-/* The connection outlives the server until its on_close: it forgets its owner first. */
-static void abort_conn(struct rx_server_shard *sh, rx_conn *c) {
+/* A connection outlives the server until its on_close returns: it forgets its owner first. */
+static void forget_conn(struct rx_server_shard *sh, rx_conn *c) {
     c->owner = NULL;
     bump(&sh->count, -1);
+}
+
+static void abort_conn(struct rx_server_shard *sh, rx_conn *c) {
+    forget_conn(sh, c);
     rx_conn_abort(c);
 }
 
@@ -335,6 +342,12 @@ void rx_server_free(rx_server *s) {
         struct rx_server_shard *sh = &s->shards[i];
         rx_listener_free(sh->listener);
         each_conn(sh, abort_conn);
+        /* Also those closed but not yet through on_close (this one among them, when called
+         * from an on_close). */
+        for (rx_conn *c = rx_conn_next_closed(sh->loop, NULL); c;
+             c = rx_conn_next_closed(sh->loop, c))
+            if (c->owner == sh)
+                forget_conn(sh, c);
         rx_timer_free(sh->stop_timer);
     }
     rx_sys.free(s->shards);
