@@ -623,6 +623,77 @@ START_TEST(test_item18_output_appended_to_other_conn_goes_out) {
 }
 END_TEST
 
+/* Input kept while reading was paused reaches on_data before the peer's end of stream does, even
+ * when the resume comes from a deferred pass (here: another connection's resumed input), so that
+ * the poll after it already reports the end (found by the fault schedules, test_faults). */
+struct held {
+    bool hold;         /* on_data keeps its input and pauses */
+    rx_conn *other;    /* on_data resumes it */
+    int datas, closes; /* on_data calls that consumed, on_close calls */
+    char got[16];
+    rx_close_reason reason;
+};
+
+static void held_data(rx_conn *c, rx_buffer *in, void *arg) {
+    struct held *h = arg;
+    if (h->hold) {
+        rx_conn_pause_read(c);
+        return;
+    }
+    size_t n = tu_min(rx_buffer_len(in), sizeof(h->got) - 1);
+    memcpy(h->got, rx_buffer_peek(in), n);
+    rx_buffer_consume(in, rx_buffer_len(in));
+    h->datas++;
+    if (h->other)
+        rx_conn_resume_read(h->other);
+}
+
+static void held_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
+    (void)c;
+    (void)err;
+    struct held *h = arg;
+    h->closes++;
+    h->reason = reason;
+}
+
+START_TEST(test_resumed_input_before_peer_eof) {
+    static const rx_conn_callbacks cbs = {.on_data = held_data, .on_close = held_close};
+    rx_loop *loop = rx_loop_new();
+    int ya, yb, za, zb;
+    tu_tcp_pair(&ya, &yb);
+    tu_tcp_pair(&za, &zb);
+    struct held y = {.hold = true}, z = {.hold = true};
+    rx_conn *yc = rx_conn_new(loop, ya, NULL, &cbs, &y);
+    rx_conn *zc = rx_conn_new(loop, za, NULL, &cbs, &z);
+    ck_assert_ptr_nonnull(yc);
+    ck_assert_ptr_nonnull(zc);
+    ck_assert_int_eq(send(yb, "request", 7, MSG_NOSIGNAL), 7);
+    ck_assert_int_eq(send(zb, "z", 1, MSG_NOSIGNAL), 1);
+    /* Both read their bytes and pause, holding them; y's peer then ends its stream. */
+    for (int i = 0;
+         i < 100 && !(rx_buffer_len(rx_conn_input(yc)) && rx_buffer_len(rx_conn_input(zc))); i++)
+        rx_loop_run_once(loop, 10);
+    ck_assert_uint_eq(rx_buffer_len(rx_conn_input(yc)), 7);
+    ck_assert_uint_eq(rx_buffer_len(rx_conn_input(zc)), 1);
+    ck_assert_int_eq(shutdown(yb, SHUT_WR), 0);
+    y.hold = z.hold = false;
+    z.other = yc;
+    rx_conn_resume_read(
+        zc); /* z's input is handed over in the next deferred pass, which resumes y */
+    for (int i = 0; i < 100 && !y.closes; i++)
+        rx_loop_run_once(loop, 10);
+    ck_assert_int_eq(z.datas, 1);
+    ck_assert_msg(y.datas == 1 && strcmp(y.got, "request") == 0,
+                  "y's held request was dropped at its peer's end of stream (%d on_data)", y.datas);
+    ck_assert_int_eq(y.closes, 1);
+    ck_assert_int_eq(y.reason, RX_CLOSE_PEER);
+    close(yb);
+    close(zb);
+    rx_loop_free(loop);
+    ck_assert_int_eq(z.closes, 1);
+}
+END_TEST
+
 static Suite *conn_io_suite(void) {
     Suite *s = suite_create("conn_io");
     TCase *tc = tu_tcase(s, "core", 30);
@@ -640,6 +711,7 @@ static Suite *conn_io_suite(void) {
     tcase_add_test(tc, test_buffers_only_while_needed);
     tcase_add_test(tc, test_item9_input_buffer_released_when_message_completes);
     tcase_add_test(tc, test_item18_output_appended_to_other_conn_goes_out);
+    tcase_add_test(tc, test_resumed_input_before_peer_eof);
     return s;
 }
 

@@ -271,6 +271,13 @@ static void deliver(rx_conn *c, rx_buffer *buf) {
     after_data(c);
 }
 
+/* Hands the input kept while reading was paused to on_data (rx_conn_resume_read owes it). */
+static void deliver_owed(rx_conn *c) {
+    c->bits &= ~B_OWE_INPUT;
+    if (c->rd == RD_OPEN && c->in && rx_buffer_len(c->in) > 0)
+        deliver(c, c->in);
+}
+
 /* The peer ended its stream. */
 static void peer_eof(rx_conn *c) {
     bool was_draining = c->rd == RD_DRAIN;
@@ -328,6 +335,12 @@ static ssize_t read_once(rx_conn *c) {
 /* Level-triggered, one read per readiness event keeps a busy peer from starving the others;
  * edge-triggered must read until EAGAIN, and past READ_CAP goes on before the next poll. */
 static void read_in(rx_conn *c) {
+    /* Input a resume owes the application goes first: a read could bring the peer's end of
+     * stream, which must not overtake requests already here (the application may pause again). */
+    if (rx_conn_has(c, B_OWE_INPUT))
+        deliver_owed(c);
+    if (c->rd != RD_OPEN && c->rd != RD_DRAIN)
+        return;
     size_t total = 0;
     ssize_t n;
     do {
@@ -354,11 +367,8 @@ static void on_deferred(rx_conn *c) {
         if (c->rd == RD_OPEN || c->rd == RD_DRAIN)
             read_in(c);
     }
-    if (rx_conn_has(c, B_OWE_INPUT) && !rx_conn_is_closed(c)) {
-        c->bits &= ~B_OWE_INPUT;
-        if (c->rd == RD_OPEN && c->in && rx_buffer_len(c->in) > 0)
-            deliver(c, c->in);
-    }
+    if (rx_conn_has(c, B_OWE_INPUT))
+        deliver_owed(c);
 }
 
 static void on_event(rx_channel *ch, uint32_t ready, void *arg) {
