@@ -200,9 +200,11 @@ static int lookup(http_file *f, int root_fd, bool cached) {
         f->status = status_for_errno(fd);
         return 0;
     }
-    if (rx_file_fstat(fd, &f->st) < 0 || !S_ISREG(f->st.st_mode)) {
+    /* A failed fstat is the server's trouble (500), not a file the client may not have. */
+    int rc = rx_file_fstat(fd, &f->st), st = rc < 0 ? status_for_errno(rc) : 0;
+    if (st || !S_ISREG(f->st.st_mode)) {
         close(fd);
-        f->status = 403;
+        f->status = st ? st : 403;
         return 0;
     }
     f->fd = fd;
