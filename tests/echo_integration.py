@@ -26,6 +26,39 @@ class Server(AppServer):
         super().__init__([ECHO, *flags], nofile=nofile)
 
 
+def server_end_open(port, client):
+    """Whether the server's end of client's connection (to 127.0.0.1:port) is still
+    established, from /proc/net/tcp: once the server closed it, its socket is gone (a reset) or
+    in FIN-WAIT (a close; its FIN waits behind the bytes the client does not read)."""
+    local = "0100007F:%04X" % port
+    remote = "0100007F:%04X" % client.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                return fields[3] == "01"  # TCP_ESTABLISHED
+    return False
+
+
+def slow_reader(port):
+    """A client with a small receive buffer: once it is full, reading a byte now and then never
+    opens the window enough for the peer to send again."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def read_a_byte(s):
+    """One byte, if one is there (the server may have closed or reset the connection)."""
+    s.settimeout(0.05)
+    try:
+        return s.recv(1)
+    except (socket.timeout, ConnectionResetError):
+        return b""
+
+
 class Echo(unittest.TestCase):
     def test_echo_load_100_conns_zero_mismatches(self):
         srv = Server()
@@ -177,6 +210,58 @@ class Echo(unittest.TestCase):
             r = subprocess.run([ECHO, *args], capture_output=True, text=True, timeout=10)
             self.assertEqual(r.returncode, 2, args)
             self.assertTrue(r.stderr.strip(), args)
+
+    def test_send_timeout_closes_a_slow_reader(self):
+        """A client that sends 4 MiB to echo and reads the echoes a byte a second makes no write
+        progress: with --send-timeout 1 the server closes it within a few seconds; without a
+        send timeout it is still connected after the same time."""
+        timed, untimed = Server("--send-timeout", "1"), Server("--send-timeout", "0")
+        clients = []
+        try:
+            t0 = time.monotonic()
+            for srv in (timed, untimed):
+                s = slow_reader(srv.port)
+                clients.append(s)
+                s.settimeout(0.2)
+                chunk, sent = b"x" * 65536, 0
+                try:  # until the server stops reading (its echoes pile up) or closes
+                    while sent < 4 * 1024 * 1024 and time.monotonic() - t0 < 3:
+                        sent += s.send(chunk)
+                except (socket.timeout, ConnectionResetError, BrokenPipeError):
+                    pass
+                self.assertGreater(sent, 1024 * 1024)
+            closed_at = None
+            got = b""
+            while time.monotonic() - t0 < 8:
+                got += read_a_byte(clients[1])  # a byte a second
+                read_a_byte(clients[0])
+                for _ in range(4):
+                    if closed_at is None and not server_end_open(timed.port, clients[0]):
+                        closed_at = time.monotonic() - t0
+                    time.sleep(0.25)
+                if closed_at is not None and time.monotonic() - t0 >= 4:
+                    break
+            self.assertIsNotNone(closed_at, "the slow reader is still connected after 8 s")
+            self.assertLess(closed_at, 4)
+            self.assertGreaterEqual(time.monotonic() - t0, max(closed_at, 4))
+            self.assertTrue(server_end_open(untimed.port, clients[1]),
+                            "closed without a send timeout")
+            self.assertTrue(got.startswith(b"x"), got)
+        finally:
+            for s in clients:
+                s.close()
+            self.assertEqual(timed.stop()[0], 0)
+            self.assertEqual(untimed.stop()[0], 0)
+
+    def test_send_timeout_flag(self):
+        r = subprocess.run([ECHO, "--help"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 0)
+        self.assertRegex(r.stdout, r"--send-timeout SECONDS .*\n.*\(default 60, 0: never\)")
+        for value in ("x", "-1", "", "1.5", "99999999999999999999"):
+            r = subprocess.run([ECHO, "--send-timeout", value], capture_output=True, text=True,
+                               timeout=10)
+            self.assertEqual(r.returncode, 2, value)
+            self.assertIn("--send-timeout wants whole seconds, got '%s'" % value, r.stderr)
 
     def test_idle_timeout_closes_idle_client(self):
         srv = Server("--idle-timeout", "1")

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -66,6 +67,20 @@ def read_response(s, buf=b""):
 def http_reason_body(status):
     """The body rx-http sends with an error status: its reason phrase and a newline."""
     return http.client.responses[status].encode() + b"\n"
+
+
+def server_end_open(port, client):
+    """Whether the server's end of client's connection (to 127.0.0.1:port) is still
+    established, from /proc/net/tcp: once the server closed it, its socket is gone (a reset) or
+    in FIN-WAIT (a close; its FIN waits behind the bytes the client does not read)."""
+    local = "0100007F:%04X" % port
+    remote = "0100007F:%04X" % client.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                return fields[3] == "01"  # TCP_ESTABLISHED
+    return False
 
 
 def recv_until_closed(s, limit_s=5):
@@ -614,6 +629,107 @@ class HttpLite(unittest.TestCase):
         finally:
             for t in socks:
                 t.close()
+            self.assertEqual(srv.stop()[0], 0)
+
+    def test_send_timeout_resets_a_slow_reader(self):
+        """A client with a small receive buffer that asks for a 4 MiB file and reads it a byte a
+        second makes no write progress: with --send-timeout 1 the server resets it within a few
+        seconds; with the default (60 s) it is still connected after the same time."""
+        with tempfile.TemporaryDirectory() as root:
+            with open(os.path.join(root, "big.bin"), "wb") as f:
+                f.write(os.urandom(4 * 1024 * 1024))
+            timed, default = Server("--send-timeout", "1", root=root), Server(root=root)
+            clients = []
+            try:
+                t0 = time.monotonic()
+                for srv in (timed, default):
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    s.settimeout(5)
+                    s.connect(("127.0.0.1", srv.port))
+                    s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+                    clients.append(s)
+                closed_at = None
+                got = b""
+                while time.monotonic() - t0 < 8:
+                    for i, s in enumerate(clients):  # a byte a second
+                        s.settimeout(0.05)
+                        try:
+                            b = s.recv(1)
+                        except (socket.timeout, ConnectionResetError):
+                            b = b""
+                        if i == 1:
+                            got += b
+                    for _ in range(4):
+                        if closed_at is None and not server_end_open(timed.port, clients[0]):
+                            closed_at = time.monotonic() - t0
+                        time.sleep(0.25)
+                    if closed_at is not None and time.monotonic() - t0 >= 4:
+                        break
+                self.assertIsNotNone(closed_at, "the slow reader is still connected after 8 s")
+                self.assertLess(closed_at, 4)
+                self.assertGreaterEqual(time.monotonic() - t0, max(closed_at, 4))
+                self.assertTrue(server_end_open(default.port, clients[1]),
+                                "closed with the default send timeout")
+                self.assertTrue(b"HTTP/1.1 200 OK".startswith(got), got)
+                # Reset, not closed: the kernel dropped what it held for the client at once.
+                clients[0].settimeout(1)
+                with self.assertRaises(ConnectionResetError):
+                    while clients[0].recv(65536):
+                        pass
+            finally:
+                for s in clients:
+                    s.close()
+                self.assertEqual(timed.stop()[0], 0)
+                self.assertEqual(default.stop()[0], 0)
+
+    def test_send_timeout_flag(self):
+        r = subprocess.run([BINARY, "--help"], capture_output=True, text=True, timeout=10)
+        self.assertEqual(r.returncode, 0)
+        self.assertRegex(r.stdout, r"--send-timeout S .*\n.*\(default 60, 0: never\)")
+        for value in ("x", "-1", "", "1.5", "99999999999"):
+            r = subprocess.run([BINARY, "--send-timeout", value], capture_output=True, text=True,
+                               timeout=10)
+            self.assertEqual(r.returncode, 2, value)
+            self.assertIn("bad value '%s' for --send-timeout" % value, r.stderr)
+
+    def test_large_requests_within_the_limits_pass_the_input_limit(self):
+        """The connection's input limit (max header + max body + 128 KiB) is a backstop the
+        largest valid requests do not reach: a body of exactly --max-body-bytes, chunked with
+        heavy framing, behind a head near --max-header-bytes, with requests pipelined after it,
+        all answered on one connection."""
+        srv = Server("--max-body-bytes", "300000", "--max-header-bytes", "8192")
+        try:
+            s = srv.sock(timeout=10)
+            pad = b"X-Pad: " + b"p" * 7000 + b"\r\n"
+            body = os.urandom(300000)
+            # Chunk framing just under the 64 KiB the session tolerates beyond the body.
+            chunks = b"".join(b"%x;ext=%s\r\n%s\r\n" % (2000, b"e" * 380, body[i:i + 2000])
+                              for i in range(0, len(body), 2000)) + b"0\r\n\r\n"
+            self.assertGreater(len(chunks) - len(body), 56 * 1024)
+            self.assertLess(len(chunks) - len(body), 64 * 1024)
+            reqs = (b"POST /echo HTTP/1.1\r\nHost: t\r\n" + pad + b"Content-Length: %d\r\n\r\n"
+                    % len(body) + body +
+                    b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                    chunks + b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n" * 50)
+            got = []
+
+            def reader():
+                rest = b""
+                for _ in range(52):
+                    status, _, data, rest = read_response(s, rest)
+                    got.append((status, data))
+
+            t = threading.Thread(target=reader)
+            t.start()
+            s.sendall(reqs)
+            t.join(20)
+            self.assertFalse(t.is_alive(), "answers missing")
+            self.assertEqual(got[0], (200, body))
+            self.assertEqual(got[1], (200, body))
+            self.assertEqual(got[2:], [(200, b"Hello, World!")] * 50)
+            s.close()
+        finally:
             self.assertEqual(srv.stop()[0], 0)
 
     def test_every_tune_switch_still_serves_correctly(self):

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -621,6 +622,280 @@ START_TEST(test_item13_write_cap_per_iteration) {
 }
 END_TEST
 
+/* ---- the input limit (rx_conn_opts.max_input, on_input_full) ---- */
+
+/* A limit that is no multiple of a read, so reads near it must be cut to what fits. */
+#define LIM_MAX (100u * KiB + 123)
+#define LIM_ROUNDS 12
+
+static struct lim {
+    rx_conn *c;
+    int datas, fulls, closes;
+    int want_fulls; /* lim_until_full waits for this many on_input_full */
+    rx_close_reason reason;
+    int err;
+    size_t most_kept;       /* the most input on_data ever had */
+    size_t kept_at_full;    /* what on_input_full had, the last time */
+    int unread_at_full;     /* bytes waiting in the kernel then (FIONREAD), the last time */
+    int fulls_unread;       /* on_input_full calls that found bytes waiting in the kernel */
+    bool consume_in_full;   /* on_input_full consumes everything; else the test does, later */
+    bool owed;              /* on_input_full ran and left the input for the test */
+    bool stopped_for_full;  /* in on_input_full, rx_conn_ended and the state said "open" */
+    unsigned long long got; /* bytes consumed, checked against the pattern */
+    long long bad;          /* stream offset of the first wrong byte; -1: none */
+} lim;
+
+static void lim_reset(void) {
+    memset(&lim, 0, sizeof(lim));
+    lim.bad = -1;
+    lim.want_fulls = 1;
+}
+
+/* Consumes all of in, checking it continues the pattern. */
+static void lim_take(rx_buffer *in) {
+    size_t n = rx_buffer_len(in);
+    long long at = tu_pattern_check(rx_buffer_peek(in), lim.got, n);
+    if (at >= 0 && lim.bad < 0)
+        lim.bad = (long long)lim.got + at;
+    lim.got += n;
+    rx_buffer_consume(in, n);
+}
+
+/* A protocol that never consumes: it waits for a message that never ends. */
+static void lim_data(rx_conn *c, rx_buffer *in, void *arg) {
+    (void)c;
+    (void)arg;
+    lim.datas++;
+    if (rx_buffer_len(in) > lim.most_kept)
+        lim.most_kept = rx_buffer_len(in);
+}
+
+static void lim_full(rx_conn *c, rx_buffer *in, void *arg) {
+    (void)arg;
+    lim.fulls++;
+    lim.kept_at_full = rx_buffer_len(in);
+    lim.unread_at_full = -1;
+    ioctl(rx_conn_fd(c), FIONREAD, &lim.unread_at_full);
+    lim.fulls_unread += lim.unread_at_full > 0;
+    lim.stopped_for_full =
+        in == rx_conn_input(c) && rx_conn_ended(c) == 0 && rx_conn_get_state(c) == RX_CONN_OPEN;
+    if (lim.consume_in_full)
+        lim_take(in);
+    else
+        lim.owed = true;
+}
+
+static void lim_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {
+    (void)c;
+    (void)arg;
+    lim.closes++;
+    lim.reason = reason;
+    lim.err = err;
+}
+
+static const rx_conn_callbacks lim_cbs = {
+    .on_data = lim_data, .on_input_full = lim_full, .on_close = lim_close};
+
+/* The peer: sends bytes [sent, total) of the pattern as far as its socket takes them. */
+struct lim_peer {
+    int fd;
+    unsigned long long sent, total;
+};
+
+static void lim_send(struct lim_peer *p) {
+    static char chunk[64 * KiB];
+    while (p->sent < p->total) {
+        size_t n = tu_min(sizeof(chunk), (size_t)(p->total - p->sent));
+        tu_pattern_fill(chunk, p->sent, n);
+        ssize_t w = send(p->fd, chunk, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w <= 0)
+            break;
+        p->sent += (unsigned long long)w;
+    }
+}
+
+static bool lim_until_full(void *arg) {
+    lim_send(arg);
+    return lim.fulls >= lim.want_fulls || lim.closes > 0;
+}
+
+/* Runs the loop, the peer sending, until the connection read `want` bytes in all (or 2 s). */
+static void lim_read_to(rx_loop *loop, struct lim_peer *p, unsigned long long want) {
+    unsigned long long t0 = tu_now_ms();
+    while (rx_conn_bytes_in(lim.c) < want && lim.closes == 0 && tu_now_ms() - t0 < 2000) {
+        lim_send(p);
+        ck_assert_int_ge(rx_loop_run_once(loop, 5), 0);
+    }
+}
+
+/* A protocol that never consumes stops being read at the limit: rx keeps exactly max_input bytes
+ * (it reads no more than fits), tells the owner once, and leaves the peer's further bytes in the
+ * kernel, without spinning on them. _i: 0 level-, 1 edge-triggered. */
+START_TEST(test_input_limit_stops_reading) {
+    lim_reset();
+    rx_loop *loop = rx_loop_new();
+    rx_conn_opts o = {.max_input = LIM_MAX, .tuning.edge_triggered = _i == 1};
+    int b;
+    rx_conn *c = lim.c = tu_conn_pair(loop, false, &o, &lim_cbs, NULL, &b);
+    struct lim_peer p = {.fd = b, .total = 8 * LIM_MAX};
+    ck_assert(tu_run_until_fn(loop, lim_until_full, &p, 5000, 5));
+    for (int i = 0; i < 20; i++) { /* more bytes come, and more loop iterations */
+        lim_send(&p);
+        ck_assert_int_ge(rx_loop_run_once(loop, 5), 0);
+    }
+    ck_assert_int_eq(lim.closes, 0);
+    ck_assert_int_eq(lim.fulls, 1);
+    ck_assert(lim.stopped_for_full);
+    ck_assert_uint_eq(lim.kept_at_full, LIM_MAX);
+    ck_assert_uint_le(lim.most_kept, LIM_MAX);
+    size_t kept = rx_buffer_len(rx_conn_input(c));
+    ck_assert_uint_eq(kept, LIM_MAX);                /* never more: a read takes only what fits */
+    ck_assert_uint_eq(rx_conn_bytes_in(c), LIM_MAX); /* not a byte more was read */
+    /* The rest waits in the kernel: in the socket's receive queue, and behind it. */
+    int unread = 0;
+    ck_assert_int_eq(ioctl(rx_conn_fd(c), FIONREAD, &unread), 0);
+    ck_assert_int_gt(unread, 0);
+    ck_assert_uint_ge(p.sent, LIM_MAX + (unsigned long long)unread);
+    /* Reading is off, not ignored: the loop has no event for it (level-triggered would spin). */
+    ck_assert_int_eq(rx_loop_run_once(loop, 50), 0);
+    ck_assert_int_eq(rx_loop_run_once(loop, 50), 0);
+    int datas = lim.datas;
+    tu_run_for(loop, 100);
+    ck_assert_int_eq(lim.datas, datas);
+    ck_assert_int_eq(lim.fulls, 1);
+    ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_OPEN);
+    ck_assert_int_eq(lim.bad, -1);
+    close(b);
+    rx_loop_free(loop);
+    ck_assert_int_eq(lim.closes, 1);
+}
+END_TEST
+
+static bool lim_until_all(void *arg) {
+    struct lim_peer *p = arg;
+    lim_send(p);
+    if (lim.owed) { /* outside any callback: consume, then resume */
+        lim.owed = false;
+        lim_take(rx_conn_input(lim.c));
+        rx_conn_resume_read(lim.c);
+    }
+    return lim.got == p->total || lim.closes > 0;
+}
+
+/* An owner that consumes lets reading go on: in on_input_full (reading goes on by itself), or
+ * later from rx_conn_input followed by rx_conn_resume_read. Every byte arrives, in order, and no
+ * more than the limit is ever kept. _i: bit 0, edge-triggered (a resume must not lose the wakeup:
+ * the bytes may all be in the kernel already, and no new one comes); bit 1, consumed later. */
+START_TEST(test_input_limit_owner_consumes) {
+    lim_reset();
+    lim.consume_in_full = !(_i & 2);
+    rx_loop *loop = rx_loop_new();
+    rx_conn_opts o = {.max_input = LIM_MAX, .tuning.edge_triggered = _i & 1};
+    int b;
+    rx_conn *c = lim.c = tu_conn_pair(loop, false, &o, &lim_cbs, NULL, &b);
+    struct lim_peer p = {.fd = b, .total = (unsigned long long)LIM_ROUNDS * LIM_MAX};
+    ck_assert_msg(tu_run_until_fn(loop, lim_until_all, &p, 10000, 5),
+                  "%llu of %llu bytes consumed after %d stops at the limit", lim.got, p.total,
+                  lim.fulls);
+    ck_assert_int_eq(lim.closes, 0);
+    ck_assert_uint_eq(lim.got, p.total);
+    ck_assert_int_eq(lim.bad, -1);
+    ck_assert_int_eq(lim.fulls, LIM_ROUNDS); /* each time at exactly the limit */
+    /* Reading went on over bytes already in the kernel, which no new edge announced. */
+    ck_assert_int_gt(lim.fulls_unread, LIM_ROUNDS / 2);
+    ck_assert_uint_eq(lim.kept_at_full, LIM_MAX);
+    ck_assert_uint_le(lim.most_kept, LIM_MAX);
+    ck_assert_uint_eq(rx_conn_bytes_in(c), p.total);
+    ck_assert_uint_eq(rx_buffer_len(rx_conn_input(c)), 0);
+    /* Reading goes on: the connection still takes bytes. */
+    p.total += 10;
+    lim_read_to(loop, &p, p.total);
+    ck_assert_uint_eq(rx_conn_bytes_in(c), p.total);
+    close(b);
+    rx_loop_free(loop);
+}
+END_TEST
+
+/* Without on_input_full, a protocol that stops consuming gets its connection closed, once, with
+ * RX_CLOSE_ERROR and -EMSGSIZE (it must not hang). _i: 0, a limit of LIM_MAX; 1, the default
+ * (max_input 0: 1 MiB); 2, SIZE_MAX: no limit, the input grows. */
+START_TEST(test_input_limit_default_closes) {
+    lim_reset();
+    rx_loop *loop = rx_loop_new();
+    static const rx_conn_callbacks cbs = {.on_data = lim_data, .on_close = lim_close};
+    size_t limit = _i == 0 ? LIM_MAX : MiB;
+    rx_conn_opts o = {.max_input = _i == 0 ? LIM_MAX : _i == 1 ? 0 : SIZE_MAX};
+    int b;
+    rx_conn *c = lim.c = tu_conn_pair(loop, false, &o, &cbs, NULL, &b);
+    struct lim_peer p = {.fd = b, .total = 2 * MiB};
+    if (_i < 2) {
+        ck_assert(tu_run_until_fn(loop, lim_until_full, &p, 5000, 5));
+        tu_run_for(loop, 100);
+        ck_assert_int_eq(lim.closes, 1);
+        ck_assert_int_eq(lim.reason, RX_CLOSE_ERROR);
+        ck_assert_int_eq(lim.err, -EMSGSIZE);
+        ck_assert_uint_eq(lim.most_kept, limit);
+        for (int i = 0; i < 10; i++) {
+            lim_send(&p);
+            ck_assert_int_ge(rx_loop_run_once(loop, 5), 0);
+        }
+        ck_assert_int_eq(lim.closes, 1);
+    } else {
+        lim_read_to(loop, &p, p.total);
+        ck_assert_int_eq(lim.closes, 0);
+        ck_assert_uint_eq(rx_buffer_len(rx_conn_input(c)), p.total);
+        ck_assert_uint_eq(lim.most_kept, p.total);
+    }
+    close(b);
+    rx_loop_free(loop);
+    ck_assert_int_eq(lim.closes, 1);
+}
+END_TEST
+
+/* The user's pause and resume and the limit: a resume does not reopen reading while the input is
+ * at the limit (a resume after a pause hands it to on_data again, and on_input_full follows); a
+ * pause during the stop holds after the owner consumed, until its resume. */
+START_TEST(test_input_limit_and_user_pause) {
+    lim_reset();
+    rx_loop *loop = rx_loop_new();
+    rx_conn_opts o = {.max_input = LIM_MAX, .tuning.edge_triggered = _i == 1};
+    int b;
+    rx_conn *c = lim.c = tu_conn_pair(loop, false, &o, &lim_cbs, NULL, &b);
+    struct lim_peer p = {.fd = b, .total = 4 * LIM_MAX};
+    ck_assert(tu_run_until_fn(loop, lim_until_full, &p, 5000, 5));
+    lim_send(&p);
+    int datas = lim.datas;
+    /* A resume at the limit changes nothing. */
+    rx_conn_resume_read(c);
+    tu_run_for(loop, 100);
+    ck_assert_uint_eq(rx_conn_bytes_in(c), LIM_MAX);
+    ck_assert_int_eq(lim.datas, datas);
+    ck_assert_int_eq(lim.fulls, 1);
+    /* A pause and a resume: on_data sees the input again, it is still at the limit. */
+    rx_conn_pause_read(c);
+    rx_conn_resume_read(c);
+    tu_run_for(loop, 100);
+    ck_assert_uint_eq(rx_conn_bytes_in(c), LIM_MAX);
+    ck_assert_int_eq(lim.datas, datas + 1);
+    ck_assert_int_eq(lim.fulls, 2);
+    /* Paused at the limit, then consumed: still paused until the resume. */
+    rx_conn_pause_read(c);
+    lim.owed = false;
+    lim_take(rx_conn_input(c));
+    tu_run_for(loop, 100);
+    ck_assert_uint_eq(rx_conn_bytes_in(c), LIM_MAX);
+    rx_conn_resume_read(c);
+    lim.want_fulls = 3;
+    ck_assert(tu_run_until_fn(loop, lim_until_full, &p, 2000, 5));
+    ck_assert_int_eq(lim.fulls, 3);
+    ck_assert_uint_eq(rx_conn_bytes_in(c), 2 * LIM_MAX);
+    ck_assert_int_eq(lim.closes, 0);
+    ck_assert_int_eq(lim.bad, -1);
+    close(b);
+    rx_loop_free(loop);
+}
+END_TEST
+
 static Suite *conn_flow_suite(void) {
     Suite *s = suite_create("conn_flow");
     TCase *tc = tu_tcase(s, "core", 30);
@@ -631,6 +906,10 @@ static Suite *conn_flow_suite(void) {
     tcase_add_test(tc, test_idle_timeout_writes_keep_alive);
     tcase_add_test(tc, test_item13_edge_triggered_read_cap_and_fairness);
     tcase_add_loop_test(tc, test_item13_write_cap_per_iteration, 0, 2);
+    tcase_add_loop_test(tc, test_input_limit_stops_reading, 0, 2);
+    tcase_add_loop_test(tc, test_input_limit_owner_consumes, 0, 4);
+    tcase_add_loop_test(tc, test_input_limit_default_closes, 0, 3);
+    tcase_add_loop_test(tc, test_input_limit_and_user_pause, 0, 2);
 
     TCase *bulk = tu_tcase(s, "bulk", 100);
     tcase_add_loop_test(bulk, test_64mib_both_ways, 0, 4);

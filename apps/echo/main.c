@@ -1,6 +1,7 @@
 /* rx-echo: writes every byte back in order. Shows the TCP layer's backpressure (a client that
- * does not read stops being read), half-close, idle timeouts, a graceful stop on signals, and
- * connections spread over N loops on N threads (--threads, --spread). */
+ * does not read stops being read, and is closed once its echoes make no progress for
+ * --send-timeout), half-close, idle timeouts, a graceful stop on signals, and connections spread
+ * over N loops on N threads (--threads, --spread). */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -90,23 +91,28 @@ static const rx_conn_callbacks echo_callbacks = {
 };
 
 static void usage(FILE *out) {
-    fprintf(out, "usage: rx-echo [--listen ADDR] [--threads N] [--spread handoff|reuseport]\n"
-                 "               [--idle-timeout SECONDS] [--max-conns N] [--help]\n"
-                 "  --listen ADDR           127.0.0.1:PORT, [::1]:PORT or unix:/path "
-                 "(default 127.0.0.1:7000)\n"
-                 "  --threads N             loops, one thread each (default 1, 0: one per CPU)\n"
-                 "  --spread MODE           how connections reach the loops: handoff (one loop "
-                 "accepts,\n"
-                 "                          default) or reuseport (a listener per loop)\n"
-                 "  --idle-timeout SECONDS  close connections idle this long (default: never)\n"
-                 "  --max-conns N           close connections beyond N at once (default: no "
-                 "limit)\n");
+    fprintf(out,
+            "usage: rx-echo [--listen ADDR] [--threads N] [--spread handoff|reuseport]\n"
+            "               [--idle-timeout SECONDS] [--send-timeout SECONDS] [--max-conns N]\n"
+            "               [--help]\n"
+            "  --listen ADDR           127.0.0.1:PORT, [::1]:PORT or unix:/path "
+            "(default 127.0.0.1:7000)\n"
+            "  --threads N             loops, one thread each (default 1, 0: one per CPU)\n"
+            "  --spread MODE           how connections reach the loops: handoff (one loop "
+            "accepts,\n"
+            "                          default) or reuseport (a listener per loop)\n"
+            "  --idle-timeout SECONDS  close connections idle this long (default: never)\n"
+            "  --send-timeout SECONDS  close a connection whose echoes the client has taken none\n"
+            "                          of for this long (default 60, 0: never)\n"
+            "  --max-conns N           close connections beyond N at once (default: no "
+            "limit)\n");
 }
 
 int main(int argc, char **argv) {
     static const struct option longopts[] = {
         {"listen", required_argument, NULL, 'l'},
         {"idle-timeout", required_argument, NULL, 'i'},
+        {"send-timeout", required_argument, NULL, 'w'},
         {"max-conns", required_argument, NULL, 'm'},
         {"tune", required_argument, NULL, 't'},
         {"threads", required_argument, NULL, 'n'},
@@ -114,12 +120,15 @@ int main(int argc, char **argv) {
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    rx_server_opts opts = {.listen = "127.0.0.1:7000", .cbs = &echo_callbacks};
+    /* A client that stops reading its echoes holds their memory: after 60 s (nginx's send_timeout)
+     * without progress it is closed. The timer costs nothing until output has to wait. */
+    rx_server_opts opts = {
+        .listen = "127.0.0.1:7000", .cbs = &echo_callbacks, .conn.write_timeout_ms = 60000};
     struct echo e = {.backpressure = true};
     unsigned threads = 1;
     unsigned long long v;
     int ch;
-    while ((ch = getopt_long(argc, argv, "l:i:m:t:n:s:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "l:i:w:m:t:n:s:h", longopts, NULL)) != -1) {
         switch (ch) {
         case 'l':
             opts.listen = optarg;
@@ -130,6 +139,13 @@ int main(int argc, char **argv) {
                 return 2;
             }
             opts.conn.idle_timeout_ms = v * 1000;
+            break;
+        case 'w':
+            if (app_parse_count(optarg, UINT64_MAX / 1000, &v) < 0) {
+                fprintf(stderr, "rx-echo: --send-timeout wants whole seconds, got '%s'\n", optarg);
+                return 2;
+            }
+            opts.conn.write_timeout_ms = v * 1000;
             break;
         case 'm':
             if (app_parse_count(optarg, SIZE_MAX, &v) < 0 || v == 0) {

@@ -19,6 +19,7 @@ typedef struct http_config {
     const char *root;
     uint64_t idle_timeout_ms;
     uint64_t header_timeout_ms;
+    uint64_t send_timeout_ms; /* an answer the client takes none of for this long: reset */
     size_t max_header_bytes;
     uint64_t max_body_bytes;
     size_t max_conns;

@@ -571,7 +571,12 @@ static void on_low_water(rx_conn *c, size_t queued, void *arg) {
 }
 
 static void on_timeout(rx_conn *c, rx_timeout_kind kind, void *arg) {
-    (void)kind; /* rx-http sets only the idle timeout */
+    /* --send-timeout: the client took none of its answer for that long. A graceful close would
+     * wait on the same stuck output; a reset frees at once what rx and the kernel hold for it. */
+    if (kind == RX_TIMEOUT_WRITE) {
+        rx_conn_abort(c);
+        return;
+    }
     session *s = arg;
     /* Part of a head arrived: say why we hang up. Nothing at all, or between requests: just go. */
     if (has_session(arg) && !s->in_body && !s->job && rx_buffer_len(rx_conn_input(c)) > 0) {

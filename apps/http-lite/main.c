@@ -30,6 +30,9 @@ static void usage(FILE *out) {
             "(default 30, 0: never)\n"
             "  --header-timeout S       408 when a request head takes longer (default 10, 0: "
             "never)\n"
+            "  --send-timeout S         reset a connection whose answer the client has taken "
+            "none\n"
+            "                           of for this long (default 60, 0: never)\n"
             "  --max-header-bytes N     431 beyond this request head size (default 16384)\n"
             "  --max-body-bytes N       413 beyond this body size (default 1048576)\n"
             "  --max-conns N            close connections beyond N at once (default: no limit)\n"
@@ -59,6 +62,7 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
         {"root", required_argument, NULL, 'r'},
         {"idle-timeout", required_argument, NULL, 'i'},
         {"header-timeout", required_argument, NULL, 't'},
+        {"send-timeout", required_argument, NULL, 'w'},
         {"max-header-bytes", required_argument, NULL, 'H'},
         {"max-body-bytes", required_argument, NULL, 'B'},
         {"max-conns", required_argument, NULL, 'm'},
@@ -117,6 +121,13 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
             }
             name = "--header-timeout";
             break;
+        case 'w':
+            if (app_parse_count(optarg, 86400 * 365, &v) == 0) {
+                cfg->send_timeout_ms = v * 1000;
+                continue;
+            }
+            name = "--send-timeout";
+            break;
         case 'H':
             if (app_parse_count(optarg, 1 << 24, &v) == 0 && v >= 64) {
                 cfg->max_header_bytes = (size_t)v;
@@ -174,6 +185,7 @@ int main(int argc, char **argv) {
         .root = RX_HTTP_DEFAULT_ROOT,
         .idle_timeout_ms = 30000,
         .header_timeout_ms = 10000,
+        .send_timeout_ms = 60000, /* nginx's send_timeout */
         .max_header_bytes = 16384,
         .max_body_bytes = 1024 * 1024,
         .backpressure = true,
@@ -233,6 +245,14 @@ int main(int argc, char **argv) {
     }
     srv.loop = rx_loop_group_loop(srv.group, 0);
     opts.listen = srv.cfg.listen;
+    opts.conn.write_timeout_ms = srv.cfg.send_timeout_ms;
+    /* The input limit: a backstop above the parser's own limits, which no valid request reaches.
+     * on_data consumes every complete request, so what it leaves is the one in progress: at most a
+     * head of --max-header-bytes and a body of --max-body-bytes with the 64 KiB of chunk framing
+     * step() tolerates; add 64 KiB, one read of pipelined requests behind it (while answers wait,
+     * reading is paused: the input does not grow). Reaching it means on_data stopped consuming, a
+     * bug: rx closes the connection (-EMSGSIZE). From 4 GiB up it is no limit. */
+    opts.conn.max_input = srv.cfg.max_header_bytes + (size_t)srv.cfg.max_body_bytes + 128 * 1024;
     opts.max_conns = srv.cfg.max_conns;
     opts.listener.on_shed = on_shed;
     opts.group = srv.group;

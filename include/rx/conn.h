@@ -67,6 +67,10 @@ typedef struct rx_conn_callbacks {
      * rx_conn_output() during the call goes out in one write when it returns (rx_conn_send writes
      * at once when nothing is queued ahead). */
     void (*on_data)(rx_conn *c, rx_buffer *in, void *arg);
+    /* on_data left max_input bytes (rx_conn_opts): reading stopped. Consume from `in` (below the
+     * limit reading goes on) or close; else reading stays off until you consume from
+     * rx_conn_input and call rx_conn_resume_read. NULL: rx closes (RX_CLOSE_ERROR, -EMSGSIZE). */
+    void (*on_input_full)(rx_conn *c, rx_buffer *in, void *arg);
     /* Output that had to wait for the socket has all been written. */
     void (*on_drain)(rx_conn *c, void *arg);
     /* Queued output rose above the high-water mark / then fell back to the low-water mark.
@@ -109,11 +113,15 @@ typedef struct rx_conn_tuning {
 typedef struct rx_conn_opts {
     size_t high_water; /* 0: 1 MiB */
     size_t low_water;  /* 0: high_water / 4 */
+    /* The most input kept between on_data calls (bytes on_data left unconsumed): rx reads no
+     * more than fits, and stops reading when on_data leaves that much (on_input_full). 0: 1 MiB;
+     * SIZE_MAX (as any value from 4 GiB - 1 up): no limit. */
+    size_t max_input;
     /* Timeouts, 0: none; at most 49 days. The idle timeout is the simple case: nothing read and
      * nothing written for that long, whatever the connection waits for. The read and write
      * timeouts (libevent's) each watch one direction, and only while it can move: the read
-     * timeout while reading is on (not paused for backpressure, the peer's stream not ended),
-     * the write timeout while output is queued (a peer that stopped reading). */
+     * timeout while reading is on (not paused for backpressure or at the input limit, the peer's
+     * stream not ended), the write timeout while output is queued (a peer that stopped reading). */
     uint64_t idle_timeout_ms;
     uint64_t read_timeout_ms;
     uint64_t write_timeout_ms;
@@ -164,7 +172,9 @@ rx_buffer *rx_conn_input(rx_conn *c);
 size_t rx_conn_queued(const rx_conn *c);
 
 /* Stops / resumes reading (backpressure). Data already read stays in the input buffer; after a
- * resume, on_data gets it before the loop polls again, without waiting for new bytes. */
+ * resume, on_data gets it before the loop polls again, without waiting for new bytes. A resume
+ * also ends a stop at the input limit (on_input_full) once the owner consumed below it; while the
+ * input is still at the limit, reading stays off (after a pause, on_data still gets the input). */
 void rx_conn_pause_read(rx_conn *c);
 void rx_conn_resume_read(rx_conn *c);
 

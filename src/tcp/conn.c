@@ -2,12 +2,18 @@
  *
  *   event                       read side            write side       then
  *   bytes read                  OPEN                 -                on_data
+ *   on_data left max_input      OPEN -> FULL         -                on_input_full, or close
+ *                                                                     (ERROR, -EMSGSIZE)
+ *   input consumed below it     FULL -> OPEN         -                (in on_input_full or on_data)
  *   read returns 0              OPEN, DRAIN -> EOF   -                on_eof, or close (PEER)
- *   rx_conn_pause_read          OPEN -> PAUSED       -
+ *   rx_conn_pause_read          OPEN, FULL -> PAUSED -
  *   rx_conn_resume_read         PAUSED -> OPEN       -                buffered input to on_data
+ *                               (FULL while at the
+ *                               limit); FULL -> OPEN
+ *                               once below it
  *   rx_conn_shutdown            -                    OPEN -> FLUSH
- *   rx_conn_close               OPEN, PAUSED ->      OPEN -> FLUSH    close deadline armed,
- *                               DRAIN                                 idle timeout stopped
+ *   rx_conn_close               OPEN, PAUSED, FULL   OPEN -> FLUSH    close deadline armed,
+ *                               -> DRAIN                              idle timeout stopped
  *   queue written               -                    FLUSH -> SHUT    shutdown(SHUT_WR)
  *   read EOF and write SHUT     -> CLOSED            -> CLOSED        fd closed
  *   error, rx_conn_abort, idle  -> CLOSED            -> CLOSED        fd closed
@@ -35,6 +41,7 @@
 #include "scratch.h"
 
 #define DEFAULT_HIGH_WATER (1024 * 1024)
+#define DEFAULT_MAX_INPUT (1024 * 1024)
 #define DEFAULT_CLOSE_MS 5000
 /* Per event, an edge-triggered read stops after READ_CAP bytes and goes on before the next poll,
  * after the other ready connections had their turn (writes: WRITE_CAP, conn_write.c). */
@@ -63,14 +70,35 @@ static void sync_one(rx_conn *c, rx_timer *t, uint32_t ms, bool on, uint64_t *la
     }
 }
 
+static void on_read_timeout(rx_timer *t, void *arg);
+static void on_write_timeout(rx_timer *t, void *arg);
+
+/* The timers' block with the read or the write timeout's timer in it. Returns 0 or -ENOMEM. */
+static int need_timer(rx_conn *c, bool write) {
+    if (!c->rw && !(c->rw = rx_sys.calloc(1, sizeof(*c->rw))))
+        return -ENOMEM;
+    rx_timer **t = write ? &c->rw->wr : &c->rw->rd;
+    if (!*t &&
+        !(*t = rx_timer_new(rx_conn_loop_of(c), write ? on_write_timeout : on_read_timeout, c)))
+        return -ENOMEM;
+    return 0;
+}
+
 static void sync_rw(rx_conn *c) {
+    if (!c->rw && c->write_ms == 0)
+        return;
+    bool live = !rx_conn_closing(c) && !rx_conn_is_closed(c) && !rx_conn_connecting(c);
+    bool writing = live && c->write_ms && rx_conn_writing(c) && rx_conn_queued(c) > 0;
+    /* Output waits for the first time: the write timeout gets its timer now. */
+    if (writing && (!c->rw || !c->rw->wr) && need_timer(c, true) < 0) {
+        rx_conn_close_now(c, RX_CLOSE_ERROR, -ENOMEM);
+        return;
+    }
     struct rx_conn_rw *rw = c->rw;
     if (!rw)
         return;
-    bool live = !rx_conn_closing(c) && !rx_conn_is_closed(c) && !rx_conn_connecting(c);
     sync_one(c, rw->rd, rw->read_ms, live && c->rd == RD_OPEN, &rw->last_read);
-    sync_one(c, rw->wr, rw->write_ms, live && rx_conn_writing(c) && rx_conn_queued(c) > 0,
-             &rw->last_write);
+    sync_one(c, rw->wr, c->write_ms, writing, &rw->last_write);
 }
 
 void rx_conn_update_interest(rx_conn *c) {
@@ -125,8 +153,8 @@ void rx_conn_close_now(rx_conn *c, rx_close_reason reason, int err) {
     c->rd = RD_CLOSED;
     c->wr = WR_CLOSED;
     atomic_fetch_or_explicit(&c->refs, REF_CLOSED, memory_order_release);
-    c->reason = (uint8_t)reason;
-    c->err = (int16_t)err;
+    c->reason = reason;
+    c->err = (uint32_t)-err & 0xfff;
     stop_timer(c->idle);
     stop_timer(c->close_timer);
     if (c->rw) {
@@ -157,7 +185,7 @@ static void abort_now(rx_conn *c, rx_close_reason reason, int err) {
 void rx_conn_maybe_finish(rx_conn *c) {
     if (c->wr == WR_SHUT && c->rd == RD_EOF)
         rx_conn_close_now(c, rx_conn_closing(c) ? (rx_close_reason)c->reason : RX_CLOSE_PEER,
-                          c->err);
+                          rx_conn_err(c));
 }
 
 /* The close deadline counts from the close or from the last write progress, whichever is later:
@@ -172,7 +200,7 @@ static void on_close_deadline(rx_timer *t, void *arg) {
     }
     /* Everything was written and our FIN sent: only the peer's end is missing, so close. */
     if (c->wr == WR_SHUT)
-        rx_conn_close_now(c, (rx_close_reason)c->reason, c->err);
+        rx_conn_close_now(c, (rx_close_reason)c->reason, rx_conn_err(c));
     else
         abort_now(c, RX_CLOSE_TIMEOUT, -ETIMEDOUT);
 }
@@ -186,7 +214,7 @@ static void start_close(rx_conn *c, rx_close_reason reason, uint64_t ms) {
         rx_conn_close_now(c, reason, 0); /* nothing to deliver: cancel the connect */
         return;
     }
-    c->reason = (uint8_t)reason;
+    c->reason = reason;
     c->err = 0;
     stop_timer(c->idle);
     c->close_ms = ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
@@ -197,7 +225,7 @@ static void start_close(rx_conn *c, rx_close_reason reason, uint64_t ms) {
         rx_conn_close_now(c, reason, -ENOMEM); /* a close that cannot be bounded is not begun */
         return;
     }
-    if (c->rd == RD_OPEN || c->rd == RD_PAUSED) {
+    if (c->rd == RD_OPEN || c->rd == RD_PAUSED || c->rd == RD_FULL) {
         c->rd = RD_DRAIN;
         if (!rx_conn_has(c, B_IN_DATA)) /* else deliver drops it when on_data returns */
             free_input(c);
@@ -240,6 +268,48 @@ static void after_data(rx_conn *c) {
     rx_conn_unlend_out(c);
 }
 
+/* Bytes kept between on_data calls. */
+static size_t input_len(const rx_conn *c) { return c->in ? rx_buffer_len(c->in) : 0; }
+
+/* The input kept reached the limit: reading must stop until the owner consumes. */
+static bool input_full(const rx_conn *c) {
+    return c->max_input != NO_INPUT_LIMIT && input_len(c) >= c->max_input;
+}
+
+/* How many bytes one read may add to the input kept. */
+static size_t input_room(const rx_conn *c) {
+    return c->max_input == NO_INPUT_LIMIT ? SIZE_MAX : c->max_input - input_len(c);
+}
+
+/* on_data left the input at its limit: reading stops (the kernel keeps what the peer sends) and
+ * the owner hears it, or, without on_input_full, the connection closes: a protocol that stops
+ * consuming is a bug or an attack, and must not hang. */
+static void input_at_limit(rx_conn *c) {
+    c->rd = RD_FULL;
+    if (!c->cbs->on_input_full) {
+        rx_conn_close_now(c, RX_CLOSE_ERROR, -EMSGSIZE);
+        return;
+    }
+    c->cbs->on_input_full(c, c->in, c->arg);
+    if (rx_conn_is_closed(c))
+        return;
+    if (c->rd == RD_FULL && !input_full(c))
+        c->rd = RD_OPEN; /* it consumed: reading goes on */
+    if (c->in && rx_buffer_len(c->in) == 0 && !rx_conn_has(c, B_OWN_BUFFERS))
+        free_input(c);
+    rx_conn_update_interest(c);
+}
+
+/* After on_data: the input limit, judged on what it left. */
+static void check_input(rx_conn *c) {
+    if (input_full(c)) {
+        input_at_limit(c);
+    } else if (c->rd == RD_FULL) { /* a resume at the limit handed it over, and it consumed */
+        c->rd = RD_OPEN;
+        rx_conn_update_interest(c);
+    }
+}
+
 /* on_data for the bytes in buf: c->in, or a scratch buffer that goes back to the loop after (what
  * on_data left in it is kept in an input buffer of the connection's own). Input memory is held
  * only for an incomplete message. */
@@ -269,12 +339,16 @@ static void deliver(rx_conn *c, rx_buffer *buf) {
         free_input(c);
     }
     after_data(c);
+    /* Input fully consumed (the common case) costs one test. */
+    if ((c->in && c->rd == RD_OPEN) || c->rd == RD_FULL)
+        check_input(c);
 }
 
-/* Hands the input kept while reading was paused to on_data (rx_conn_resume_read owes it). */
+/* Hands the input kept while reading was paused to on_data (rx_conn_resume_read owes it); at the
+ * input limit too, where on_data may now consume it. */
 static void deliver_owed(rx_conn *c) {
     c->bits &= ~B_OWE_INPUT;
-    if (c->rd == RD_OPEN && c->in && rx_buffer_len(c->in) > 0)
+    if ((c->rd == RD_OPEN || c->rd == RD_FULL) && c->in && rx_buffer_len(c->in) > 0)
         deliver(c, c->in);
 }
 
@@ -293,23 +367,41 @@ static void peer_eof(rx_conn *c) {
         start_close(c, RX_CLOSE_PEER, c->close_ms);
 }
 
-/* One read and its on_data (or, closing, its drop). Returns the read's result. */
+/* One read of at most n bytes into buf's free space (made first). Returns bytes read, 0 at end
+ * of stream, or a negative errno. */
+static ssize_t read_into(rx_conn *c, char *buf, size_t n) {
+    ssize_t r;
+    do
+        r = rx_sys.read(rx_conn_sock(c), buf, n);
+    while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
+/* One read and its on_data (or, closing, its drop). Reading adds no more to the input kept than
+ * fits under its limit. Returns the read's result. */
 static ssize_t read_once(rx_conn *c) {
     rx_loop *loop = rx_conn_loop_of(c);
     char *scratch = NULL;
     ssize_t n;
+    size_t room = c->rd == RD_OPEN ? input_room(c) : SIZE_MAX; /* closing: all is dropped */
+    if (room == 0) { /* at the limit the read side is FULL; should a path miss that, stop here */
+        c->rd = RD_FULL;
+        rx_conn_update_interest(c);
+        return -EAGAIN;
+    }
     if (!c->in && (scratch = rx_loop_scratch(loop, RX_SCRATCH_IN)) == NULL) {
         rx_conn_close_now(c, RX_CLOSE_ERROR, -ENOMEM);
         return -ENOMEM;
     }
     if (scratch) {
-        do
-            n = rx_sys.read(rx_conn_sock(c), scratch, RX_SCRATCH_SIZE);
-        while (n < 0 && errno == EINTR);
-        if (n < 0)
-            n = -errno;
+        n = read_into(c, scratch, room < RX_SCRATCH_SIZE ? room : RX_SCRATCH_SIZE);
+    } else if (room >= rx_buffer_writable(c->in) + RX_BUFFER_SPILL) {
+        n = rx_buffer_read_fd(c->in, rx_conn_sock(c)); /* far from the limit */
     } else {
-        n = rx_buffer_read_fd(c->in, rx_conn_sock(c));
+        /* Near it: one read of what fits (the buffer grows to the limit at most). */
+        n = rx_buffer_reserve(c->in, room);
+        if (n == 0 && (n = read_into(c, rx_buffer_tail(c->in), room)) > 0)
+            rx_buffer_commit(c->in, (size_t)n);
     }
     if (n > 0) {
         c->bytes_in += (size_t)n;
@@ -399,19 +491,20 @@ static void on_event(rx_channel *ch, uint32_t ready, void *arg) {
 
 void rx_conn_pause_read(rx_conn *c) {
     RX_LOOP_THREAD(rx_conn_loop_of(c));
-    if (c->rd != RD_OPEN)
+    if (c->rd != RD_OPEN && c->rd != RD_FULL)
         return;
     c->rd = RD_PAUSED;
     rx_conn_update_interest(c);
 }
 
 /* Input left in the buffer while reading was paused is handed over before the next poll: the
- * peer may be waiting for our answer to it before sending anything that would wake us. */
+ * peer may be waiting for our answer to it before sending anything that would wake us. Input at
+ * its limit keeps reading off (RD_FULL): only on_data's or the owner's consuming reopens it. */
 void rx_conn_resume_read(rx_conn *c) {
     RX_LOOP_THREAD(rx_conn_loop_of(c));
-    if (c->rd != RD_PAUSED)
+    if (c->rd != RD_PAUSED && (c->rd != RD_FULL || input_full(c)))
         return;
-    c->rd = RD_OPEN;
+    c->rd = input_full(c) ? RD_FULL : RD_OPEN;
     rx_conn_update_interest(c);
     if (c->in && rx_buffer_len(c->in) > 0) {
         c->bits |= B_OWE_INPUT;
@@ -460,7 +553,7 @@ static void on_read_timeout(rx_timer *t, void *arg) {
 
 static void on_write_timeout(rx_timer *t, void *arg) {
     rx_conn *c = arg;
-    timeout_due(c, t, c->rw->write_ms, &c->rw->last_write, RX_TIMEOUT_WRITE);
+    timeout_due(c, t, c->write_ms, &c->rw->last_write, RX_TIMEOUT_WRITE);
 }
 
 int rx_conn_set_idle_timeout(rx_conn *c, uint64_t ms) {
@@ -482,19 +575,17 @@ int rx_conn_set_timeouts(rx_conn *c, uint64_t read_ms, uint64_t write_ms) {
     RX_LOOP_THREAD(rx_conn_loop_of(c));
     if (rx_conn_is_closed(c) || rx_conn_closing(c))
         return -EPIPE;
-    if (!c->rw && !read_ms && !write_ms)
-        return 0;
-    rx_loop *loop = rx_conn_loop_of(c);
-    if (!c->rw && !(c->rw = rx_sys.calloc(1, sizeof(*c->rw))))
+    /* The read timer runs whenever reading is on: made now. The write timer is made once output
+     * waits (sync_rw), unless some waits already. */
+    if ((read_ms && need_timer(c, false) < 0) ||
+        (write_ms && rx_conn_queued(c) > 0 && need_timer(c, true) < 0))
         return -ENOMEM;
-    struct rx_conn_rw *rw = c->rw;
-    if ((read_ms && !rw->rd && !(rw->rd = rx_timer_new(loop, on_read_timeout, c))) ||
-        (write_ms && !rw->wr && !(rw->wr = rx_timer_new(loop, on_write_timeout, c))))
-        return -ENOMEM;
-    rw->read_ms = clamp32(read_ms);
-    rw->write_ms = clamp32(write_ms);
-    stop_timer(rw->rd); /* so that sync_rw starts each over from now */
-    stop_timer(rw->wr);
+    c->write_ms = clamp32(write_ms);
+    if (c->rw) {
+        c->rw->read_ms = clamp32(read_ms);
+        stop_timer(c->rw->rd); /* so that sync_rw starts each over from now */
+        stop_timer(c->rw->wr);
+    }
     sync_rw(c);
     return 0;
 }
@@ -525,7 +616,7 @@ static void finalize(void *arg) {
         rx_conn_close_now(c, RX_CLOSE_LOCAL, 0);
     rx_loop_count_conn(rx_conn_loop_of(c), -1);
     if (c->cbs->on_close)
-        c->cbs->on_close(c, (rx_close_reason)c->reason, c->err, c->arg);
+        c->cbs->on_close(c, (rx_close_reason)c->reason, rx_conn_err(c), c->arg);
     /* After on_close, so that rx_conn_server works there; a server freed meanwhile cleared it. */
     if (c->owner)
         rx_server_conn_released(c->owner, c);
@@ -619,6 +710,8 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
     c->high_water = opts->high_water ? clamp32(opts->high_water) : DEFAULT_HIGH_WATER;
     c->low_water = opts->low_water ? clamp32(opts->low_water) : c->high_water / 4;
     c->close_ms = clamp32(opts->close_timeout_ms ? opts->close_timeout_ms : DEFAULT_CLOSE_MS);
+    /* Limits from 4 GiB - 1 up are none: a connection keeping that much is not held back. */
+    c->max_input = opts->max_input ? clamp32(opts->max_input) : DEFAULT_MAX_INPUT;
     int one = 1;
     /* Both fail harmlessly on a unix socket. */
     if (!opts->nagle)
@@ -687,13 +780,13 @@ rx_conn_state rx_conn_get_state(const rx_conn *c) {
         return RX_CONN_CLOSING;
     if (rx_conn_connecting(c))
         return RX_CONN_CONNECTING;
-    if ((c->rd == RD_OPEN || c->rd == RD_PAUSED) && c->wr == WR_OPEN)
+    if ((c->rd == RD_OPEN || c->rd == RD_PAUSED || c->rd == RD_FULL) && c->wr == WR_OPEN)
         return RX_CONN_OPEN;
     return RX_CONN_HALF_CLOSED;
 }
 
 unsigned rx_conn_ended(const rx_conn *c) {
-    return (c->rd == RD_OPEN || c->rd == RD_PAUSED ? 0 : RX_CONN_READ_ENDED) |
+    return (c->rd == RD_OPEN || c->rd == RD_PAUSED || c->rd == RD_FULL ? 0 : RX_CONN_READ_ENDED) |
            (c->wr == WR_OPEN && !rx_conn_closing(c) ? 0 : RX_CONN_WRITE_ENDED);
 }
 

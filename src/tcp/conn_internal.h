@@ -17,6 +17,8 @@
 enum conn_rd {
     RD_OPEN,   /* reading; bytes go to on_data */
     RD_PAUSED, /* rx_conn_pause_read: the kernel keeps what arrives */
+    RD_FULL,   /* the input kept reached max_input: the kernel keeps what arrives until the owner
+                  consumes (on_input_full) */
     RD_EOF,    /* the peer ended its stream: nothing more will come */
     RD_DRAIN,  /* closing: what the peer still sends is read and dropped until its end */
     RD_CLOSED, /* the fd is closed */
@@ -32,7 +34,10 @@ enum conn_wr {
 #define REF_CLOSED (1u << 31)
 
 /* c->reason while no close is under way. */
-#define CLOSE_NONE 0xff
+#define CLOSE_NONE 7
+
+/* c->max_input of a connection without an input limit. */
+#define NO_INPUT_LIMIT UINT32_MAX
 
 /* c->bits */
 enum {
@@ -47,15 +52,18 @@ enum {
     B_OWE_READ = 1u << 8,   /* an edge-triggered read stopped at its cap: more is waiting */
     B_OWE_WRITE = 1u << 9,  /* a write stopped at its cap: the rest waits for its turn */
 };
+_Static_assert(B_OWE_WRITE < 1u << 12, "c->bits has 12 bits");
 
 struct rx_file_queue;
 struct rx_connect_state;
 
-/* The read and write timeouts (rx_conn_set_timeouts): memory only for a connection that uses
- * them. Each timer runs only while its direction can move (rx_conn_update_interest). */
+/* The timers of the read and write timeouts (rx_conn_set_timeouts): memory only for a connection
+ * that uses them, made for a read timeout when it is set, for a write timeout (c->write_ms) only
+ * once output first waits, which most connections' never does. Each timer runs only while its
+ * direction can move (rx_conn_update_interest). */
 struct rx_conn_rw {
     rx_timer *rd, *wr;
-    uint32_t read_ms, write_ms;
+    uint32_t read_ms;
     uint64_t last_read, last_write; /* loop ms of the last read, the last write progress */
 };
 struct rx_server_shard;
@@ -82,18 +90,28 @@ struct rx_conn {
     /* References to the memory (the loop's own, plus rx_conn_ref's), and REF_CLOSED once the fd
      * closed: the one field other threads touch. */
     _Atomic uint32_t refs;
-    uint32_t close_ms; /* deadline of a graceful close */
-    uint32_t idle_ms;
-    int16_t err; /* on_close's err (a negative errno fits) */
-    uint16_t bits;
-    uint8_t rd, wr; /* enum conn_rd, enum conn_wr */
-    uint8_t reason; /* rx_close_reason of the close under way; CLOSE_NONE */
+    uint32_t close_ms;  /* deadline of a graceful close */
+    uint32_t idle_ms;   /* the idle timeout */
+    uint32_t write_ms;  /* the write timeout (its timer is in rw) */
+    uint32_t max_input; /* input kept is at most this (rx_conn_opts.max_input); NO_INPUT_LIMIT */
+    /* The small state in one word, so that the struct stays at 168 bytes (with its channel, a
+     * connection is one 256-byte allocation). */
+    uint32_t bits : 12;  /* B_* */
+    uint32_t rd : 3;     /* enum conn_rd */
+    uint32_t wr : 2;     /* enum conn_wr */
+    uint32_t reason : 3; /* rx_close_reason of the close under way; CLOSE_NONE */
+    uint32_t err : 12;   /* on_close's err, negated (the kernel's errnos are below 4096) */
 };
+_Static_assert(RD_CLOSED < 1 << 3 && WR_CLOSED < 1 << 2 && CLOSE_NONE < 1 << 3 &&
+                   RX_CLOSE_ERROR < CLOSE_NONE,
+               "the read and write states and the close reason fit their fields");
 
 /* Small facts about a connection, shared by its files. */
 static inline bool rx_conn_has(const rx_conn *c, unsigned bit) { return (c->bits & bit) != 0; }
 static inline bool rx_conn_closing(const rx_conn *c) { return c->reason != CLOSE_NONE; }
 static inline bool rx_conn_is_closed(const rx_conn *c) { return c->rd == RD_CLOSED; }
+/* on_close's err: 0 or a negative errno. */
+static inline int rx_conn_err(const rx_conn *c) { return -(int)c->err; }
 static inline bool rx_conn_connecting(const rx_conn *c) { return c->connect != NULL; }
 static inline rx_loop *rx_conn_loop_of(const rx_conn *c) { return rx_channel_loop(c->ch); }
 static inline bool rx_conn_writing(const rx_conn *c) {

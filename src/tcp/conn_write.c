@@ -191,11 +191,11 @@ int rx_conn_sendfile(rx_conn *c, int fd, off_t offset, size_t len) {
 int rx_conn_flush(rx_conn *c) {
     RX_LOOP_THREAD(rx_conn_loop_of(c));
     if (rx_conn_is_closed(c))
-        return c->err ? c->err : -EPIPE;
+        return c->err ? rx_conn_err(c) : -EPIPE;
     if (!rx_conn_waiting_write(c))
         rx_conn_write_out(c);
     if (rx_conn_is_closed(c))
-        return c->err ? c->err : -EPIPE;
+        return c->err ? rx_conn_err(c) : -EPIPE;
     notify_later(c);
     return 0;
 }
