@@ -251,6 +251,40 @@ START_TEST(test_close_writes_queue_then_closes) {
 }
 END_TEST
 
+/* A graceful close whose deadline cannot be armed (no memory for its timer) is not begun: the
+ * queue is lost, and on_close says so (RX_CLOSE_ERROR, -ENOMEM), for a local close and for the
+ * peer's end alike (the fault schedules saw a lost answer reported as RX_CLOSE_PEER). */
+START_TEST(test_close_without_memory_for_its_deadline) {
+    rx_loop *loop = rx_loop_new();
+    tu_tr t = {0};
+    int b;
+    rx_conn *c = tu_conn_pair(loop, true, NULL, &tu_tr_cbs, &t, &b);
+    ck_assert_int_eq(tu_send_pattern(c, 0, 1 * MiB), 0); /* queued: the small pair is full */
+    ck_assert_uint_gt(rx_conn_queued(c), 0);
+    if (_i == 0) {
+        tu_fail_allocs();
+        rx_conn_close(c);
+        rx_sys_reset();
+        ck_assert_int_eq(rx_conn_get_state(c), RX_CONN_CLOSED);
+    } else {
+        /* A first byte makes the loop's read scratch buffer, which the read of the end uses. */
+        ck_assert_int_eq(send(b, "x", 1, MSG_NOSIGNAL), 1);
+        for (int i = 0; i < 100 && !t.datas; i++)
+            rx_loop_run_once(loop, 10);
+        ck_assert_int_eq(shutdown(b, SHUT_WR), 0); /* the peer's end: tu_tr_cbs has no on_eof */
+        tu_fail_allocs();
+        for (int i = 0; i < 100 && !t.closes; i++)
+            rx_loop_run_once(loop, 10);
+        rx_sys_reset();
+    }
+    tu_tr_wait_close(loop, &t, 1000, RX_CLOSE_ERROR);
+    ck_assert_int_eq(t.err, -ENOMEM);
+    close(b);
+    tu_tr_free(&t);
+    rx_loop_free(loop);
+}
+END_TEST
+
 /* The peer keeps sending while the connection is closing: nothing more reaches on_data, and
  * "write what is queued" still holds: every queued byte arrives, then the end of stream. */
 START_TEST(test_close_with_unread_input_delivers_queue) {
@@ -566,6 +600,7 @@ static Suite *conn_close_suite(void) {
     tcase_add_test(tc, test_send_epipe_after_close_or_shutdown);
     tcase_add_test(tc, test_close_writes_queue_then_closes);
     tcase_add_test(tc, test_close_with_unread_input_delivers_queue);
+    tcase_add_loop_test(tc, test_close_without_memory_for_its_deadline, 0, 2);
     tcase_add_test(tc, test_abort_drops_queue);
     tcase_add_test(tc, test_peer_reset_mid_send);
     tcase_add_test(tc, test_item3_idle_timeout_cannot_lift_close_deadline);

@@ -222,7 +222,9 @@ static void start_close(rx_conn *c, rx_close_reason reason, uint64_t ms) {
     if ((!c->close_timer &&
          !(c->close_timer = rx_timer_new(rx_conn_loop_of(c), on_close_deadline, c))) ||
         rx_timer_start(c->close_timer, ms, 0) < 0) {
-        rx_conn_close_now(c, reason, -ENOMEM); /* a close that cannot be bounded is not begun */
+        /* A close that cannot be bounded is not begun: what is queued is lost, an error (not
+         * the orderly end the reason would claim). */
+        rx_conn_close_now(c, RX_CLOSE_ERROR, -ENOMEM);
         return;
     }
     if (c->rd == RD_OPEN || c->rd == RD_PAUSED || c->rd == RD_FULL) {
