@@ -15,9 +15,12 @@
 
 tf_counts tf_count;
 
+static const char *kind_names[TF_KINDS] = {"short", "eagain", "eintr", "reset", "enomem"};
+
 static struct {
     uint64_t rng;
     tf_plan plan;
+    bool trace; /* RX_FAULT_TRACE: print every injected fault */
 } F;
 
 uint64_t tf_rand(uint64_t *state) {
@@ -42,17 +45,17 @@ tf_plan tf_plan_for(uint64_t seed) {
 }
 
 void tf_plan_describe(const tf_plan *p, char *buf, size_t cap) {
-    static const char *names[TF_KINDS] = {"short", "eagain", "eintr", "reset", "enomem"};
     size_t at = 0;
     for (int k = 0; k < TF_KINDS && at < cap; k++)
-        at += (size_t)snprintf(buf + at, cap - at, "%s%s %u.%02u%%", k ? " " : "", names[k],
+        at += (size_t)snprintf(buf + at, cap - at, "%s%s %u.%02u%%", k ? " " : "", kind_names[k],
                                p->per10k[k] / 100, p->per10k[k] % 100);
 }
 
 #define BIT(k) (1u << (k))
 
-/* The fault for this call among the kinds in `can` (bits of tf_kind), or TF_KINDS for none. */
-static tf_kind decide(unsigned can) {
+/* The fault for this call of `what` among the kinds in `can` (bits of tf_kind), or TF_KINDS for
+ * none. */
+static tf_kind decide(const char *what, unsigned can) {
     tf_count.calls++;
     unsigned r = (unsigned)(tf_rand(&F.rng) % 10000);
     for (int k = 0; k < TF_KINDS; k++) {
@@ -60,6 +63,8 @@ static tf_kind decide(unsigned can) {
             continue;
         if (r < F.plan.per10k[k]) {
             tf_count.injected[k]++;
+            if (F.trace)
+                fprintf(stderr, "fault: call %llu, %s: %s\n", tf_count.calls, what, kind_names[k]);
             return (tf_kind)k;
         }
         r -= F.plan.per10k[k];
@@ -114,21 +119,21 @@ static size_t iov_total(const struct iovec *iov, int cnt) {
 #define IOV_CAP 1024
 
 static ssize_t f_read(int fd, void *buf, size_t n) {
-    tf_kind f = decide(IO_FAULTS);
+    tf_kind f = decide("read", IO_FAULTS);
     if (f == TF_SHORT || f == TF_KINDS)
         return read(fd, buf, f == TF_SHORT ? shorter(n) : n);
     return fail_as(f, false);
 }
 
 static ssize_t f_write(int fd, const void *buf, size_t n) {
-    tf_kind f = decide(IO_FAULTS);
+    tf_kind f = decide("write", IO_FAULTS);
     if (f == TF_SHORT || f == TF_KINDS)
         return write(fd, buf, f == TF_SHORT ? shorter(n) : n);
     return fail_as(f, true);
 }
 
 static ssize_t f_send(int fd, const void *buf, size_t n, int flags) {
-    tf_kind f = decide(IO_FAULTS);
+    tf_kind f = decide("send", IO_FAULTS);
     if (f == TF_SHORT || f == TF_KINDS)
         return send(fd, buf, f == TF_SHORT ? shorter(n) : n, flags);
     return fail_as(f, true);
@@ -136,7 +141,7 @@ static ssize_t f_send(int fd, const void *buf, size_t n, int flags) {
 
 /* readv and writev: a short count trims the vector. */
 static ssize_t f_vec(int fd, const struct iovec *iov, int cnt, bool writing) {
-    tf_kind f = decide(IO_FAULTS);
+    tf_kind f = decide(writing ? "writev" : "readv", IO_FAULTS);
     if (f != TF_SHORT && f != TF_KINDS)
         return fail_as(f, writing);
     struct iovec tmp[IOV_CAP];
@@ -156,7 +161,7 @@ static ssize_t f_writev(int fd, const struct iovec *iov, int cnt) {
 }
 
 static ssize_t f_sendmsg(int fd, const struct msghdr *msg, int flags) {
-    tf_kind f = decide(IO_FAULTS);
+    tf_kind f = decide("sendmsg", IO_FAULTS);
     if (f != TF_SHORT && f != TF_KINDS)
         return fail_as(f, true);
     struct iovec tmp[IOV_CAP];
@@ -171,7 +176,7 @@ static ssize_t f_sendmsg(int fd, const struct msghdr *msg, int flags) {
 }
 
 static ssize_t f_sendfile(int out, int in, off_t *off, size_t n) {
-    tf_kind f = decide(IO_FAULTS);
+    tf_kind f = decide("sendfile", IO_FAULTS);
     if (f == TF_SHORT || f == TF_KINDS)
         return sendfile(out, in, off, f == TF_SHORT ? shorter(n) : n);
     return fail_as(f, true);
@@ -179,7 +184,7 @@ static ssize_t f_sendfile(int out, int in, off_t *off, size_t n) {
 
 /* A failed accept leaves the connection in the backlog, as the kernel does for these errors. */
 static int f_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
-    tf_kind f = decide(BIT(TF_EAGAIN) | BIT(TF_EINTR) | BIT(TF_RESET) | BIT(TF_ENOMEM));
+    tf_kind f = decide("accept4", BIT(TF_EAGAIN) | BIT(TF_EINTR) | BIT(TF_RESET) | BIT(TF_ENOMEM));
     if (f == TF_KINDS) {
         int s = accept4(fd, addr, len, flags);
         if (s >= 0)
@@ -195,7 +200,7 @@ static int f_accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
 
 /* Removing an fd does not allocate; adding or changing one may fail for want of memory. */
 static int f_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
-    if (op != EPOLL_CTL_DEL && decide(BIT(TF_ENOMEM)) == TF_ENOMEM)
+    if (op != EPOLL_CTL_DEL && decide("epoll_ctl", BIT(TF_ENOMEM)) == TF_ENOMEM)
         return (int)fail(ENOMEM);
     return epoll_ctl(epfd, op, fd, ev);
 }
@@ -203,31 +208,34 @@ static int f_epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
 /* EAGAIN only where the kernel can give it: a lookup asked to stay in the cache. */
 static int f_openat2(int dirfd, const char *path, const struct open_how *how) {
     unsigned can = BIT(TF_ENOMEM) | ((how->resolve & RESOLVE_CACHED) ? BIT(TF_EAGAIN) : 0);
-    tf_kind f = decide(can);
+    tf_kind f = decide("openat2", can);
     if (f != TF_KINDS)
         return (int)fail(f == TF_EAGAIN ? EAGAIN : ENOMEM);
     return (int)syscall(SYS_openat2, dirfd, path, how, sizeof(*how));
 }
 
 static int f_fstat(int fd, struct stat *st) {
-    if (decide(BIT(TF_ENOMEM)) == TF_ENOMEM)
+    if (decide("fstat", BIT(TF_ENOMEM)) == TF_ENOMEM)
         return (int)fail(ENOMEM);
     return fstat(fd, st);
 }
 
-static void *f_malloc(size_t n) { return decide(BIT(TF_ENOMEM)) == TF_ENOMEM ? NULL : malloc(n); }
+static void *f_malloc(size_t n) {
+    return decide("malloc", BIT(TF_ENOMEM)) == TF_ENOMEM ? NULL : malloc(n);
+}
 
 static void *f_calloc(size_t count, size_t n) {
-    return decide(BIT(TF_ENOMEM)) == TF_ENOMEM ? NULL : calloc(count, n);
+    return decide("calloc", BIT(TF_ENOMEM)) == TF_ENOMEM ? NULL : calloc(count, n);
 }
 
 static void *f_realloc(void *p, size_t n) {
-    return decide(BIT(TF_ENOMEM)) == TF_ENOMEM ? NULL : realloc(p, n);
+    return decide("realloc", BIT(TF_ENOMEM)) == TF_ENOMEM ? NULL : realloc(p, n);
 }
 
 void tf_start(uint64_t seed, const tf_plan *plan) {
     F.rng = seed;
     F.plan = *plan;
+    F.trace = getenv("RX_FAULT_TRACE") != NULL;
     memset(&tf_count, 0, sizeof(tf_count));
     rx_sys.read = f_read;
     rx_sys.readv = f_readv;
