@@ -131,7 +131,8 @@ typedef struct rx_conn_opts {
     rx_conn_tuning tuning;     /* benchmarks only (above): leave zeroed */
 } rx_conn_opts;
 
-/* Wraps a connected non-blocking socket, which the connection then owns (also on failure).
+/* Wraps a connected non-blocking socket, which the connection then owns (also on failure: then
+ * it is closed with a reset, so the peer does not take it for an orderly end).
  * Reading starts at once; on_open is not called (the caller knows). opts may be NULL.
  * The loop owns the memory (released after on_close). Returns NULL and sets errno. */
 rx_conn *rx_conn_new(rx_loop *loop, int fd, const rx_conn_opts *opts, const rx_conn_callbacks *cbs,

@@ -172,11 +172,16 @@ rx_close_reason rx_conn_reason_for(int err) {
     return err == -ECONNRESET || err == -EPIPE ? RX_CLOSE_RESET : RX_CLOSE_ERROR;
 }
 
+/* The close of fd that follows sends a reset, not an orderly end of stream. */
+static void reset_on_close(int fd) {
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
 static void abort_now(rx_conn *c, rx_close_reason reason, int err) {
     if (rx_conn_is_closed(c))
         return;
-    struct linger lg = {.l_onoff = 1, .l_linger = 0};
-    setsockopt(rx_conn_sock(c), SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    reset_on_close(rx_conn_sock(c));
     rx_conn_close_now(c, reason, err);
 }
 
@@ -695,7 +700,10 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
     rx_conn *c = NULL;
     uint32_t flags = RX_CHANNEL_OWNS_FD | (opts->tuning.edge_triggered ? RX_CHANNEL_EDGE : 0);
     rx_channel *ch = rx_channel_new_owner(loop, fd, flags, on_event, sizeof(*c), (void **)&c);
+    /* A connection that could not be made ends with a reset: its peer must not take it for an
+     * orderly end (an accepted client would see its request answered by a clean close). */
     if (!ch) {
+        reset_on_close(fd);
         close(fd);
         errno = ENOMEM;
         return NULL;
@@ -737,6 +745,7 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
         free_input(c);
         rx_buffer_free(&c->out);
         rx_channel_set_destructor(ch, free_unopened);
+        reset_on_close(fd);
         rx_channel_close(ch); /* closes fd */
         errno = -rc;
         return NULL;
