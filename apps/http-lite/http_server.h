@@ -97,7 +97,7 @@ typedef struct http_worker {
 
 /* What every loop shares, read-only once the loops run (but shed, which is atomic). */
 typedef struct http_server {
-    char arg_kind; /* HTTP_ARG_SERVER: the server is opts.arg, every connection's first arg */
+    char arg_kind; /* HTTP_ARG_SERVER: the server is opts.arg, on_open's arg */
     http_config cfg;
     int root_fd;          /* an O_PATH descriptor of --root: files are opened beneath it only */
     int log_fd;           /* the access log (O_APPEND: each loop writes whole lines), -1: none */
@@ -119,7 +119,9 @@ enum { HTTP_CONN_CLOSE, HTTP_CONN_KEEP, HTTP_CONN_KEEP_10 };
  * connections' high-water mark. */
 #define HTTP_OUTPUT_LIMIT (256 * 1024)
 
-/* Connection callbacks (http_session.c). The server's rx_server_opts.arg must be srv, given to
+/* Connection callbacks (http_session.c). The connections' high-water mark must be
+ * HTTP_OUTPUT_LIMIT: a session paused for backpressure resumes on on_low_water, which only follows
+ * a crossing of the connection's own mark. The server's rx_server_opts.arg must be srv, given to
  * http_session_setup first (http_worker.c: after cfg, root_fd, log_fd, pool and group, or loop
  * without a group, are set), which makes the workers: returns 0 or -ENOMEM. Once the loops and
  * the pool are freed, http_session_cleanup writes what is left of the access log and frees the
