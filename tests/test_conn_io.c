@@ -694,6 +694,54 @@ START_TEST(test_resumed_input_before_peer_eof) {
 }
 END_TEST
 
+/* A connection that closes inside on_data after its output outgrew the loop's output scratch
+ * buffer (which moved it) leaves the loop a scratch buffer that is still good: the next
+ * connection's output arrives whole (and ASan sees no use after free). Found by bench/soak: a
+ * reset while a large echo was being answered. */
+static void big_then_abort(rx_conn *c, rx_buffer *in, void *arg) {
+    (void)arg;
+    rx_buffer_consume(in, rx_buffer_len(in));
+    char *p = tu_pattern_alloc(0, 200 * KiB);
+    ck_assert_int_eq(rx_buffer_append(rx_conn_output(c), p, 200 * KiB), 0);
+    free(p);
+    rx_conn_abort(c);
+}
+
+static void small_answer(rx_conn *c, rx_buffer *in, void *arg) {
+    (void)arg;
+    rx_buffer_consume(in, rx_buffer_len(in));
+    ck_assert_int_eq(rx_buffer_append(rx_conn_output(c), "answer", 6), 0);
+}
+
+START_TEST(test_close_in_on_data_after_output_outgrew_scratch) {
+    static const rx_conn_callbacks big = {.on_data = big_then_abort},
+                                   small = {.on_data = small_answer};
+    rx_loop *loop = rx_loop_new();
+    int a1, b1, a2, b2;
+    tu_tcp_pair(&a1, &b1);
+    tu_tcp_pair(&a2, &b2);
+    ck_assert_ptr_nonnull(rx_conn_new(loop, a1, NULL, &big, NULL));
+    ck_assert_ptr_nonnull(rx_conn_new(loop, a2, NULL, &small, NULL));
+    ck_assert_int_eq(send(b1, "x", 1, MSG_NOSIGNAL), 1);
+    for (int i = 0; i < 50 && !(tu_poll(b1, POLLIN, 0) & (POLLIN | POLLHUP)); i++)
+        rx_loop_run_once(loop, 10);
+    ck_assert_int_eq(send(b2, "y", 1, MSG_NOSIGNAL), 1);
+    char buf[16] = {0};
+    ssize_t n = 0;
+    for (int i = 0; i < 100 && n < 6; i++) {
+        rx_loop_run_once(loop, 10);
+        ssize_t r = recv(b2, buf + n, sizeof(buf) - 1 - (size_t)n, MSG_DONTWAIT);
+        if (r > 0)
+            n += r;
+    }
+    ck_assert_int_eq(n, 6);
+    ck_assert_str_eq(buf, "answer");
+    close(b1);
+    close(b2);
+    rx_loop_free(loop);
+}
+END_TEST
+
 static Suite *conn_io_suite(void) {
     Suite *s = suite_create("conn_io");
     TCase *tc = tu_tcase(s, "core", 30);
@@ -712,6 +760,7 @@ static Suite *conn_io_suite(void) {
     tcase_add_test(tc, test_item9_input_buffer_released_when_message_completes);
     tcase_add_test(tc, test_item18_output_appended_to_other_conn_goes_out);
     tcase_add_test(tc, test_resumed_input_before_peer_eof);
+    tcase_add_test(tc, test_close_in_on_data_after_output_outgrew_scratch);
     return s;
 }
 

@@ -161,8 +161,15 @@ void rx_conn_close_now(rx_conn *c, rx_close_reason reason, int err) {
         stop_timer(c->rw->rd);
         stop_timer(c->rw->wr);
     }
-    if (rx_conn_has(c, B_OUT_LENT)) { /* the loop's memory: never ours to free */
+    if (rx_conn_has(c, B_OUT_LENT)) {
+        /* The loop's memory, never ours to free; unless output outgrew it, which moved it: then
+         * the loop's pointer is stale and the memory is ours (as rx_conn_unlend does). */
         c->bits &= ~B_OUT_LENT;
+        rx_loop *loop = rx_conn_loop_of(c);
+        if (c->out.data != rx_loop_scratch(loop, RX_SCRATCH_OUT)) {
+            rx_loop_scratch_forget(loop, RX_SCRATCH_OUT);
+            rx_buffer_free(&c->out);
+        }
         c->out = (rx_buffer)RX_BUFFER_INIT;
     }
     rx_channel_close(c->ch); /* closes the fd; finalize runs at the end of the iteration */
