@@ -73,6 +73,56 @@ class AppServer:
         return self.proc.returncode, out, err
 
 
+def server_end_open(port, client):
+    """Whether the server's end of client's connection (to 127.0.0.1:port) is still
+    established, from /proc/net/tcp: once the server closed it, its socket is gone (a reset) or
+    in FIN-WAIT (a close; its FIN waits behind the bytes the client does not read)."""
+    local = "0100007F:%04X" % port
+    remote = "0100007F:%04X" % client.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] == local and fields[2] == remote:
+                return fields[3] == "01"  # TCP_ESTABLISHED
+    return False
+
+
+def slow_reader(port):
+    """A client with a small receive buffer: once it is full, reading a byte now and then never
+    opens the window enough for the peer to send again."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def read_a_byte(s):
+    """One byte, if one is there (the server may have closed or reset the connection)."""
+    s.settimeout(0.05)
+    try:
+        return s.recv(1)
+    except (socket.timeout, ConnectionResetError):
+        return b""
+
+
+def watch_slow_readers(t0, timed_port, timed, other, hold=4, limit=8):
+    """Two slow readers read a byte a second each until the server on timed_port closed its end
+    of `timed` and `hold` seconds passed since t0 (at most `limit` seconds). Returns when the
+    server closed it (seconds since t0, None if it did not) and the bytes `other` read."""
+    closed_at, got = None, b""
+    while time.monotonic() - t0 < limit:
+        got += read_a_byte(other)
+        read_a_byte(timed)
+        for _ in range(4):
+            if closed_at is None and not server_end_open(timed_port, timed):
+                closed_at = time.monotonic() - t0
+            time.sleep(0.25)
+        if closed_at is not None and time.monotonic() - t0 >= hold:
+            break
+    return closed_at, got
+
+
 def exchange_concurrently(port, payloads, half_close=True, timeout=60):
     """One client per payload, all connected before any sends (so the server has them all open
     at once), each sending its payload (then shutting its write side down when half_close) and

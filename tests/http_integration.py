@@ -15,7 +15,8 @@ import threading
 import time
 import unittest
 
-from appserver import AppServer, exchange_concurrently
+from appserver import (AppServer, exchange_concurrently, server_end_open, slow_reader,
+                       watch_slow_readers)
 
 # A sanitizer build keeps freed memory in quarantine, so RSS bounds are looser there.
 RSS_SLACK_KIB = 64 * 1024 if os.environ.get("RX_SANITIZED") == "1" else 8 * 1024
@@ -67,20 +68,6 @@ def read_response(s, buf=b""):
 def http_reason_body(status):
     """The body rx-http sends with an error status: its reason phrase and a newline."""
     return http.client.responses[status].encode() + b"\n"
-
-
-def server_end_open(port, client):
-    """Whether the server's end of client's connection (to 127.0.0.1:port) is still
-    established, from /proc/net/tcp: once the server closed it, its socket is gone (a reset) or
-    in FIN-WAIT (a close; its FIN waits behind the bytes the client does not read)."""
-    local = "0100007F:%04X" % port
-    remote = "0100007F:%04X" % client.getsockname()[1]
-    with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == local and fields[2] == remote:
-                return fields[3] == "01"  # TCP_ESTABLISHED
-    return False
 
 
 def recv_until_closed(s, limit_s=5):
@@ -643,29 +630,10 @@ class HttpLite(unittest.TestCase):
             try:
                 t0 = time.monotonic()
                 for srv in (timed, default):
-                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                    s.settimeout(5)
-                    s.connect(("127.0.0.1", srv.port))
+                    s = slow_reader(srv.port)
                     s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
                     clients.append(s)
-                closed_at = None
-                got = b""
-                while time.monotonic() - t0 < 8:
-                    for i, s in enumerate(clients):  # a byte a second
-                        s.settimeout(0.05)
-                        try:
-                            b = s.recv(1)
-                        except (socket.timeout, ConnectionResetError):
-                            b = b""
-                        if i == 1:
-                            got += b
-                    for _ in range(4):
-                        if closed_at is None and not server_end_open(timed.port, clients[0]):
-                            closed_at = time.monotonic() - t0
-                        time.sleep(0.25)
-                    if closed_at is not None and time.monotonic() - t0 >= 4:
-                        break
+                closed_at, got = watch_slow_readers(t0, timed.port, clients[0], clients[1])
                 self.assertIsNotNone(closed_at, "the slow reader is still connected after 8 s")
                 self.assertLess(closed_at, 4)
                 self.assertGreaterEqual(time.monotonic() - t0, max(closed_at, 4))
