@@ -13,12 +13,12 @@
  * RX_FAULT_FIRST (1) choose the range; RX_FAULT_SECONDS runs seeds until that time passed. */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <linux/openat2.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -80,8 +80,9 @@ static struct {
     int n, closes;
 } S;
 
+/* The newest: the kernel may give a port again to a later client of the same seed. */
 static struct rec *rec_by_port(int port) {
-    for (int i = 0; i < S.n; i++)
+    for (int i = S.n - 1; i >= 0; i--)
         if (S.r[i].port == port)
             return &S.r[i];
     return NULL;
@@ -688,7 +689,18 @@ static void remove_docroot(void) {
     rmdir(docroot);
 }
 
+/* A sanitizer's report ends the process without a word of the seed: say it then (the callback
+ * exists only in sanitized builds). */
+void __sanitizer_set_death_callback(void (*callback)(void)) __attribute__((weak));
+
+static void say_seed(void) {
+    fprintf(stderr, "faults: died in seed %llu\nreplay: RX_FAULT_SEED=%llu CK_FORK=no %s\n",
+            (unsigned long long)seed, (unsigned long long)seed, where);
+}
+
 START_TEST(test_seeded_schedules) {
+    if (__sanitizer_set_death_callback)
+        __sanitizer_set_death_callback(say_seed);
     ssize_t n = readlink("/proc/self/exe", where, sizeof(where) - 1);
     where[n > 0 ? n : 0] = '\0';
     char *big = make_docroot();
