@@ -13,14 +13,12 @@
  * RX_FAULT_FIRST (1) choose the range; RX_FAULT_SECONDS runs seeds until that time passed. */
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/openat2.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "faults.h"
@@ -704,13 +702,7 @@ START_TEST(test_seeded_schedules) {
     ssize_t n = readlink("/proc/self/exe", where, sizeof(where) - 1);
     where[n > 0 ? n : 0] = '\0';
     char *big = make_docroot();
-    struct open_how how = {.flags = O_PATH | O_DIRECTORY};
-    int probe = (int)syscall(SYS_openat2, AT_FDCWD, docroot, &how, sizeof(how));
-    have_openat2 = probe >= 0;
-    if (probe >= 0)
-        close(probe);
-    else
-        fprintf(stderr, "faults: no openat2 here (%s): static files left out\n", strerror(errno));
+    have_openat2 = tu_have_openat2("the static files of the HTTP scenario are left out");
     unsigned long long first = env_ull("RX_FAULT_FIRST", 1),
                        count = env_ull("RX_FAULT_SEEDS", 1000);
     unsigned long long seconds = env_ull("RX_FAULT_SECONDS", 0);
