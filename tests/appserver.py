@@ -123,6 +123,14 @@ def watch_slow_readers(t0, timed_port, timed, other, hold=4, limit=8):
     return closed_at, got
 
 
+def assert_rejected(test, argv0, flag, values, message):
+    """Each value of flag makes argv0 exit 2, with `message % value` on stderr."""
+    for value in values:
+        r = subprocess.run([argv0, flag, value], capture_output=True, text=True, timeout=10)
+        test.assertEqual(r.returncode, 2, value)
+        test.assertIn(message % value, r.stderr)
+
+
 def exchange_concurrently(port, payloads, half_close=True, timeout=60):
     """One client per payload, all connected before any sends (so the server has them all open
     at once), each sending its payload (then shutting its write side down when half_close) and

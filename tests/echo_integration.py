@@ -12,8 +12,8 @@ import threading
 import time
 import unittest
 
-from appserver import (AppServer, exchange_concurrently, server_end_open, slow_reader,
-                       watch_slow_readers)
+from appserver import (AppServer, assert_rejected, exchange_concurrently, server_end_open,
+                       slow_reader, watch_slow_readers)
 
 # A sanitizer build keeps freed memory in quarantine, so RSS bounds are looser there.
 RSS_SLACK_KIB = 64 * 1024 if os.environ.get("RX_SANITIZED") == "1" else 8 * 1024
@@ -215,11 +215,8 @@ class Echo(unittest.TestCase):
         r = subprocess.run([ECHO, "--help"], capture_output=True, text=True, timeout=10)
         self.assertEqual(r.returncode, 0)
         self.assertRegex(r.stdout, r"--send-timeout SECONDS .*\n.*\(default 60, 0: never\)")
-        for value in ("x", "-1", "", "1.5", "99999999999999999999"):
-            r = subprocess.run([ECHO, "--send-timeout", value], capture_output=True, text=True,
-                               timeout=10)
-            self.assertEqual(r.returncode, 2, value)
-            self.assertIn("--send-timeout wants whole seconds, got '%s'" % value, r.stderr)
+        assert_rejected(self, ECHO, "--send-timeout", ("x", "-1", "", "1.5", "9" * 20),
+                        "--send-timeout wants whole seconds, got '%s'")
 
     def test_idle_timeout_closes_idle_client(self):
         srv = Server("--idle-timeout", "1")
