@@ -78,9 +78,10 @@ static struct {
     int n, closes;
 } S;
 
-/* The newest: the kernel may give a port again to a later client of the same seed. */
-static struct rec *rec_by_port(int port) {
-    for (int i = S.n - 1; i >= 0; i--)
+/* The record of a client's connection: among those made since the client connected (records
+ * from `from` on), as the kernel gives ports again, within a seed too. */
+static struct rec *rec_by_port(int port, int from) {
+    for (int i = S.n - 1; i >= from; i--)
         if (S.r[i].port == port)
             return &S.r[i];
     return NULL;
@@ -160,6 +161,7 @@ static const rx_conn_callbacks echo_cbs = {
 
 struct client {
     int fd, port;
+    int first_rec;   /* S.n when it connected: its server side's record comes after */
     const char *out; /* what it sends */
     size_t total, sent;
     bool shut;
@@ -170,7 +172,7 @@ struct client {
 };
 
 static void client_open(struct client *k, int port, const char *out, size_t total, size_t cap) {
-    *k = (struct client){.out = out, .total = total, .cap = cap};
+    *k = (struct client){.out = out, .total = total, .cap = cap, .first_rec = S.n};
     k->fd = tu_tcp_connect(port, true);
     CHECK(k->fd >= 0, "connect: %s", strerror(errno));
     k->port = tu_local_port(k->fd);
@@ -257,7 +259,7 @@ static void judge(const struct client *k, const char *expect, size_t want, bool 
     CHECK(k->got <= want && memcmp(k->in, expect, k->got) == 0,
           "client %d: the %zu bytes received are not a prefix of the %zu expected", k->port, k->got,
           want);
-    const struct rec *r = rec_by_port(k->port);
+    const struct rec *r = rec_by_port(k->port, k->first_rec);
     bool whole = k->got == want && k->eof;
     if (!fatal) {
         CHECK(whole, "client %d: %zu of %zu bytes (eof %d, %s) with transient faults only", k->port,
@@ -296,7 +298,7 @@ static void echo_scenario(rx_loop *loop, rx_server *s, int port) {
     int orphans = 0;
     for (int i = 0; i < ECHO_CLIENTS; i++) {
         judge(&ks[i], out[i], ks[i].total, fatal);
-        orphans += rec_by_port(ks[i].port) == NULL;
+        orphans += rec_by_port(ks[i].port, ks[i].first_rec) == NULL;
     }
     /* A client with no server connection was accepted and dropped: each such drop is an accept
      * the schedule let through that did not become a connection. */
@@ -391,6 +393,7 @@ static void connect_scenario(rx_loop *loop, int port) {
         unsigned long long fatal0 = fatal_count();
         struct attempt *a = &as[i];
         *a = (struct attempt){.want = pick(1, 32 * KiB), .off = pick(0, 1u << 20)};
+        int first_rec = S.n; /* its server side's record comes after */
         rx_connect_opts o = {.addr = addr, .timeout_ms = RUN_MS, .cbs = &at_cbs, .arg = a};
         rx_conn *c = rx_connect(loop, &o);
         if (!c) {
@@ -407,7 +410,7 @@ static void connect_scenario(rx_loop *loop, int port) {
         bool whole = a->got == a->want && a->reason == RX_CLOSE_PEER;
         if (whole)
             return;
-        const struct rec *r = a->port ? rec_by_port(a->port) : NULL;
+        const struct rec *r = a->port ? rec_by_port(a->port, first_rec) : NULL;
         CHECK(fatal_count() > fatal0,
               "attempt %d: %zu of %zu bytes (reason %d) with transient "
               "faults only",
@@ -599,7 +602,7 @@ static void http_scenario(rx_loop *loop, int port, const char *big) {
         at += len;
         answered++;
     }
-    const struct rec *r = rec_by_port(k.port);
+    const struct rec *r = rec_by_port(k.port, k.first_rec);
     if (!fatal)
         CHECK(r && r->reason == RX_CLOSE_PEER && k.eof,
               "with transient faults only: close reason %d, client eof %d (%s)",
