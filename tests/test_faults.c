@@ -501,10 +501,6 @@ struct http_plan {
     int n;
 };
 
-/* Whether the kernel (or valgrind, which does not know it) runs openat2, which rx-http's file
- * lookups need; without it the static files are left out. */
-static bool have_openat2;
-
 static void plan_requests(struct http_plan *p, const char *big) {
     memset(p, 0, sizeof(*p));
     p->n = (int)pick(1, MAXREQ);
@@ -512,7 +508,7 @@ static void plan_requests(struct http_plan *p, const char *big) {
         struct text *b = &p->bodies[i];
         size_t len = pick(0, 20 * KiB);
         char *body = tu_pattern_alloc(pick(0, 1u << 20), len);
-        switch (pick(0, have_openat2 ? 4 : 2)) {
+        switch (pick(0, 4)) {
         case 0:
             putf(&p->reqs, "GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n");
             put(b, "Hello, World!", 13);
@@ -705,7 +701,6 @@ START_TEST(test_seeded_schedules) {
     ssize_t n = readlink("/proc/self/exe", where, sizeof(where) - 1);
     where[n > 0 ? n : 0] = '\0';
     char *big = make_docroot();
-    have_openat2 = tu_have_openat2("the static files of the HTTP scenario are left out");
     unsigned long long first = env_ull("RX_FAULT_FIRST", 1),
                        count = env_ull("RX_FAULT_SEEDS", 1000);
     unsigned long long seconds = env_ull("RX_FAULT_SECONDS", 0);

@@ -4,7 +4,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/openat2.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -19,7 +18,6 @@
 #include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -552,17 +550,6 @@ bool tu_raise_nofile(unsigned long want) {
         ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
     }
     return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want;
-}
-
-bool tu_have_openat2(const char *what) {
-    struct open_how how = {.flags = O_PATH | O_DIRECTORY};
-    int fd = (int)syscall(SYS_openat2, AT_FDCWD, "/", &how, sizeof(how));
-    if (fd < 0) {
-        fprintf(stderr, "no openat2 here (%s): %s\n", strerror(errno), what);
-        return false;
-    }
-    close(fd);
-    return true;
 }
 
 static void nap(void) {

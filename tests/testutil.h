@@ -248,10 +248,6 @@ bool tu_forking(void);
 /* CPUs this process may run on (sched_getaffinity). */
 unsigned tu_cpu_count(void);
 
-/* Whether openat2 runs here, which rx_file_openat2 (rx-http's file lookups) needs: valgrind does
- * not know it. When it does not, says so on stderr, and what is left out for it (`what`). */
-bool tu_have_openat2(const char *what);
-
 /* Raises the soft RLIMIT_NOFILE to the hard limit. Returns true when that allows at least `want`
  * fds (else the caller skips, saying why). */
 bool tu_raise_nofile(unsigned long want);

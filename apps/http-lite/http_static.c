@@ -1,11 +1,12 @@
 /* Static files beneath --root: percent-decoding, refusal of dot segments, openat2 with
- * RESOLVE_BENEATH so neither ".." nor a symlink can leave the root, index.html for directories,
- * only regular files served, Last-Modified / If-Modified-Since, and bodies sent with sendfile.
- * The lookup (http_file_open) may block on the file system, so with --io-threads it runs on the
- * work pool (http_session.c) unless the kernel's cache can answer it at once
- * (http_file_open_cached); the answer is always written on the loop. */
+ * RESOLVE_BENEATH so neither ".." nor a symlink can leave the root (without openat2, no symlink
+ * is followed at all), index.html for directories, only regular files served, Last-Modified /
+ * If-Modified-Since, and bodies sent with sendfile. The lookup (http_file_open) may block on the
+ * file system, so with --io-threads it runs on the work pool (http_session.c) unless the kernel's
+ * cache can answer it at once (http_file_open_cached); the answer is always written on the loop. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
@@ -104,17 +105,63 @@ static int decode_path(const char *p, size_t n, char *out, size_t cap) {
 /* Set once RESOLVE_CACHED turned out unknown (Linux before 5.12): every lookup then goes to the
  * pool. Any loop may set it; a relaxed flag is enough. */
 static atomic_bool no_resolve_cached;
+/* Set once openat2 itself turned out unknown (Linux before 5.6, or under valgrind, which does not
+ * implement it): lookups then walk the path one component at a time. */
+static atomic_bool no_openat2;
+
+/* The lookup without openat2: one openat per component, each with O_NOFOLLOW, from dirfd down.
+ * No symlink is followed at all, also one that stays beneath the root (stricter than
+ * RESOLVE_BENEATH, like nginx's disable_symlinks); a symlink is -ELOOP (403) wherever it is.
+ * decode_path has already refused "." and ".." segments and collapsed empty ones. */
+static int open_by_components(int dirfd, const char *path, int flags) {
+    char name[NAME_MAX + 1];
+    int dir = dirfd;
+    for (;;) {
+        const char *slash = strchr(path, '/');
+        size_t n = slash ? (size_t)(slash - path) : strlen(path);
+        if (n > NAME_MAX) {
+            if (dir != dirfd)
+                close(dir);
+            return -ENAMETOOLONG;
+        }
+        memcpy(name, path, n);
+        name[n] = '\0';
+        int fd =
+            openat(dir, name,
+                   slash ? O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC : flags | O_NOFOLLOW);
+        int err = fd < 0 ? errno : 0;
+        struct stat st;
+        /* O_DIRECTORY reports a symlink to a directory as no directory. */
+        if (err == ENOTDIR && slash && fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISLNK(st.st_mode))
+            err = ELOOP;
+        if (dir != dirfd)
+            close(dir);
+        if (err || !slash)
+            return err ? -err : fd;
+        dir = fd;
+        path = slash + 1;
+    }
+}
 
 /* O_NONBLOCK: opening a FIFO without a writer (or some devices) would block; the open returns at
  * once and the caller refuses what is not a regular file. It changes nothing for reading a regular
  * file. O_NOCTTY: a terminal under the root must not become ours. `cached` adds RESOLVE_CACHED:
  * the kernel answers -EAGAIN instead of reading a path component it does not hold in its cache. */
 static int open_beneath(int dirfd, const char *path, bool cached) {
+    const int flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
+    if (atomic_load_explicit(&no_openat2, memory_order_relaxed))
+        return cached ? -EAGAIN : open_by_components(dirfd, path, flags);
     struct open_how how = {
-        .flags = O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY,
+        .flags = flags,
         .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS | (cached ? RESOLVE_CACHED : 0),
     };
     int fd = rx_file_openat2(dirfd, path, &how);
+    if (fd == -ENOSYS) {
+        atomic_store_explicit(&no_openat2, true, memory_order_relaxed);
+        atomic_store_explicit(&no_resolve_cached, true, memory_order_relaxed);
+        return open_beneath(dirfd, path, cached);
+    }
     if (cached && fd == -EINVAL) {
         atomic_store_explicit(&no_resolve_cached, true, memory_order_relaxed);
         fd = -EAGAIN;
