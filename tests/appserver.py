@@ -2,7 +2,8 @@
 ephemeral 127.0.0.1 port, stopped by a signal to its PID. With RX_TEST_THREADS=N in the
 environment every server runs N loops (--threads N) unless the test chose its own --threads; with
 RX_TEST_IO_THREADS=N every rx-http serves files through a work pool (--io-threads N) unless the
-test chose its own."""
+test chose its own. With RX_TEST_VALGRIND=1 every server runs under valgrind's memcheck, and
+stopping it fails on any error or definitely lost byte it reported."""
 import os
 import re
 import resource
@@ -10,7 +11,19 @@ import selectors
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+import unittest
+
+VALGRIND = os.environ.get("RX_TEST_VALGRIND") == "1"
+# ASan and valgrind keep freed memory in quarantine (and valgrind adds its own), so RSS bounds
+# are looser under either.
+MEMCHECKED = VALGRIND or os.environ.get("RX_SANITIZED") == "1"
+
+
+def skip_under_valgrind(why):
+    """Skips a test whose timing or load valgrind's 20-50x slowdown makes meaningless."""
+    return unittest.skipIf(VALGRIND, "under valgrind: " + why)
 
 
 def env_threads(argv):
@@ -32,8 +45,17 @@ class AppServer:
         nofile: (soft, hard) RLIMIT_NOFILE to start it with."""
         limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None
         argv = [*argv, *env_threads(argv)]
-        self.proc = subprocess.Popen([*argv, "--listen", "127.0.0.1:0"], preexec_fn=limit,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.vg_log = None
+        wrapper = []
+        if VALGRIND:
+            fd, self.vg_log = tempfile.mkstemp(prefix="rx-valgrind-", suffix=".log")
+            os.close(fd)
+            # -q: the log holds only errors and the leak records of the kinds that count.
+            wrapper = ["valgrind", "-q", "--leak-check=full", "--show-leak-kinds=definite,indirect",
+                       "--errors-for-leak-kinds=definite,indirect", "--log-file=" + self.vg_log]
+        self.proc = subprocess.Popen([*wrapper, *argv, "--listen", "127.0.0.1:0"],
+                                     preexec_fn=limit, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         self.first_line = line
         m = re.search(r"127\.0\.0\.1:(\d+)", line)
@@ -58,10 +80,15 @@ class AppServer:
     def stop(self, sig=signal.SIGTERM):
         """Returns (exit status, stdout, stderr)."""
         self.proc.send_signal(sig)
+        # A graceful stop takes at most two deadlines of 5 s (let connections finish, then close
+        # each, lingering until the peer's end) when clients are left open.
+        return self.wait(20)
+
+    def wait(self, timeout):
+        """Waits at most timeout seconds for the server to exit (killing it if it does not);
+        returns (exit status, stdout, stderr) and fails on a sanitizer's or valgrind's report."""
         try:
-            # A graceful stop takes at most two deadlines of 5 s (let connections finish, then
-            # close each, lingering until the peer's end) when clients are left open.
-            out, err = self.proc.communicate(timeout=20)
+            out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
@@ -70,7 +97,21 @@ class AppServer:
                        "runtime error:"):
             if report in err:
                 raise AssertionError("a sanitizer report in the server's stderr:\n" + err)
+        self.check_valgrind()
         return self.proc.returncode, out, err
+
+    def check_valgrind(self):
+        """Under valgrind: raises if its log (kept only then) has an error or a leak record."""
+        if not self.vg_log:
+            return
+        with open(self.vg_log, errors="replace") as f:
+            # Errors and leak records are "==PID==" lines; "--PID--" lines are valgrind's own
+            # notes (an unknown syscall such as openat2, which rx-http then does without).
+            report = "".join(line for line in f if line.startswith("=="))
+        if report:
+            raise AssertionError("valgrind reported (log kept in %s):\n%s" % (self.vg_log, report))
+        os.unlink(self.vg_log)
+        self.vg_log = None
 
 
 def server_end_open(port, client):
