@@ -5,9 +5,10 @@
 #   scripts/dev.sh run [ARGS]  release build in build-run/, then run the demo server on
 #                              127.0.0.1:8080 (extra ARGS go to the server)
 #   scripts/dev.sh test        deps, then: a plain and an ASan+UBSan build (both --werror) with
-#                              all their tests, the unit suites under valgrind, a TSan build
-#                              with the unit and integration tests (apps on 4 threads) and the
-#                              fuzz pass; prints every libcheck summary and one closing line
+#                              all their tests, a 60 s bench/soak, the unit suites and the
+#                              app integration tests under valgrind, a TSan build with the unit
+#                              and integration tests (apps on 4 threads) and the fuzz pass;
+#                              prints every libcheck summary and one closing line
 #                              "N passed, N failed"
 set -euo pipefail
 
@@ -21,7 +22,7 @@ deps_packages=(meson ninja-build pkg-config check gcc libc6-dev python3 curl lib
     clang libclang-rt-dev)
 
 usage() {
-    sed -n '2,11s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 log() { printf '\n=== %s\n' "$*"; }
@@ -128,11 +129,11 @@ build_dir() {
     fi
 }
 
-# build_pass LABEL DIR SETUP-ARGS...: fresh configure + build + all tests. Returns 1 if the
-# build failed.
+# build_pass LABEL DIR SETUP-ARGS...: fresh configure + build + all tests but the soak (which
+# runs alone). Returns 1 if the build failed.
 build_pass() {
     build_dir "$@" || return 1
-    test_pass "$1" "$2" testlog.json --print-errorlogs --num-processes 2
+    test_pass "$1" "$2" testlog.json --no-suite soak --print-errorlogs --num-processes 2
 }
 
 summarize() {
@@ -243,10 +244,17 @@ cmd_test() {
     build_pass asan build-ci-asan "${common[@]}" -Db_sanitize=address,undefined \
         -Db_lundef=false || true
     if [[ $plain_ok -eq 1 ]]; then
+        # bench/soak for 60 s, alone on the machine: its health answers must come within 50 ms.
+        test_pass soak build-ci-plain testlog-soak.json --suite soak --logbase testlog-soak \
+            --verbose
         test_pass valgrind build-ci-plain testlog-valgrind.json --setup valgrind --suite unit \
             --print-errorlogs --num-processes 2
+        # The integration tests with every app server under valgrind (tests/appserver.py).
+        RX_TEST_VALGRIND=1 test_pass valgrind-apps build-ci-plain testlog-valgrind-apps.json \
+            --suite http --suite echo --suite proxy --logbase testlog-valgrind-apps \
+            --print-errorlogs
     else
-        echo "[valgrind] skipped: the plain build failed" >&2
+        echo "[soak, valgrind] skipped: the plain build failed" >&2
     fi
     # ThreadSanitizer: the unit suites (the group, threads and work suites among them) and the
     # integration tests, every app server running 4 loops (RX_TEST_THREADS adds --threads 4) and
