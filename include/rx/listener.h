@@ -33,6 +33,14 @@ typedef struct rx_listener_opts {
 rx_listener *rx_listener_new(rx_loop *loop, const char *addr, const rx_listener_opts *opts,
                              rx_accept_fn cb, void *arg);
 
+/* Accepts on fd, a stream socket already bound and listening: one inherited from a master
+ * process (rx_worker_listen_fds) or from systemd's socket activation. The listener owns fd from
+ * the call on, also on failure (it is closed then); it sets O_NONBLOCK and FD_CLOEXEC on it.
+ * opts' backlog and reuseport do not apply (the socket has them). Returns NULL and sets errno:
+ * EBADF, ENOTSOCK, EINVAL (not a listening stream socket), ENOMEM, ... */
+rx_listener *rx_listener_adopt(rx_loop *loop, int fd, const rx_listener_opts *opts, rx_accept_fn cb,
+                               void *arg);
+
 /* The bound address (with the port the kernel chose for port 0). */
 const rx_addr *rx_listener_addr(const rx_listener *l);
 

@@ -26,7 +26,13 @@ typedef enum rx_spread {
 } rx_spread;
 
 typedef struct rx_server_opts {
-    const char *listen;           /* address, see rx_addr_parse */
+    const char *listen; /* address, see rx_addr_parse; unused with listen_fds */
+    /* Optional: sockets already bound and listening (a master's, see rx_worker_listen_fds, or
+     * systemd's) to accept on instead of binding `listen`: one without a group or with handoff,
+     * one per loop with reuseport (else EINVAL). The server owns them from rx_server_new on, also
+     * when it fails. */
+    const int *listen_fds;
+    unsigned nlisten_fds;
     rx_listener_opts listener;    /* backlog, SO_REUSEPORT, accept batch; its on_shed gets `arg` */
     rx_conn_opts conn;            /* per-connection marks, idle timeout, TCP options */
     size_t max_conns;             /* 0: no limit; over it new connections are closed at once */

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "listener_internal.h"
 #include "sys.h"
 
 #define DEFAULT_BATCH 64
@@ -192,73 +193,58 @@ static void on_ready(rx_channel *ch, uint32_t ready, void *arg) {
     }
 }
 
-static int bind_listen(rx_listener *l, const rx_addr *want, const rx_listener_opts *o) {
-    int one = 1;
-    if (setsockopt(l->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
-        return -errno;
-    if (o->reuseport && setsockopt(l->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
-        return -errno;
-    if (bind(l->fd, &want->u.sa, want->len) < 0)
-        return -errno;
-    if (want->u.sa.sa_family == AF_UNIX) {
-        struct stat st;
-        if (stat(want->u.un.sun_path, &st) == 0) {
-            l->addr = *want; /* remove_path needs the path even if getsockname fails below */
-            l->owns_path = true;
-            l->path_dev = st.st_dev;
-            l->path_ino = st.st_ino;
-        }
-    }
-    if (listen(l->fd, o->backlog > 0 ? o->backlog : SOMAXCONN) < 0)
-        return -errno;
+/* The address fd is bound to. Returns 0 or a negative errno. */
+static int bound_addr(int fd, rx_addr *out) {
     rx_addr bound;
     memset(&bound, 0, sizeof(bound));
     socklen_t len = sizeof(bound.u);
-    if (getsockname(l->fd, &bound.u.sa, &len) < 0)
+    if (getsockname(fd, &bound.u.sa, &len) < 0)
         return -errno;
     bound.len = len;
-    l->addr = bound;
+    *out = bound;
     return 0;
 }
 
-rx_listener *rx_listener_new(rx_loop *loop, const char *addr, const rx_listener_opts *opts,
-                             rx_accept_fn cb, void *arg) {
-    static const rx_listener_opts defaults = {0};
-    const rx_listener_opts *o = opts ? opts : &defaults;
-    rx_addr want;
-    if (!loop || !cb || o->backlog < 0 || o->accept_batch < 0 || rx_addr_parse(&want, addr) < 0) {
-        errno = EINVAL;
-        return NULL;
-    }
-    rx_listener *l = rx_sys.calloc(1, sizeof(*l));
-    if (!l) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    l->loop = loop;
-    l->cb = cb;
-    l->on_shed = o->on_shed;
-    l->arg = arg;
-    l->batch = o->accept_batch > 0 ? o->accept_batch : DEFAULT_BATCH;
-    l->retry_ms = o->retry_ms > 0 ? o->retry_ms : DEFAULT_RETRY_MS;
-    l->spare_fd = -1;
-    int rc;
-    l->fd = socket(want.u.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (l->fd < 0) {
+static int bind_listen(int fd, const rx_addr *want, const rx_listener_opts *o, rx_addr *bound) {
+    int one = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+        return -errno;
+    if (o->reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+        return -errno;
+    if (bind(fd, &want->u.sa, want->len) < 0)
+        return -errno;
+    int rc = 0;
+    if (listen(fd, o->backlog > 0 ? o->backlog : SOMAXCONN) < 0)
         rc = -errno;
-        goto fail;
+    else
+        rc = bound_addr(fd, bound);
+    if (rc < 0 && want->u.sa.sa_family == AF_UNIX)
+        unlink(want->u.un.sun_path); /* bind made it */
+    return rc;
+}
+
+int rx_listen_socket(const rx_addr *want, const rx_listener_opts *o, rx_addr *bound) {
+    int fd = socket(want->u.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int rc = bind_listen(fd, want, o, bound);
+    if (rc < 0) {
+        close(fd);
+        return rc;
     }
-    rc = bind_listen(l, &want, o);
-    if (rc < 0)
+    return fd;
+}
+
+/* The listener around fd once it listens: the retry timer, the spare fd, the channel. Owns fd
+ * and l from the call on; on failure releases both and returns NULL with errno set. */
+static rx_listener *start(rx_listener *l) {
+    int rc = -ENOMEM;
+    l->retry = rx_timer_new(l->loop, on_retry, l);
+    if (!l->retry)
         goto fail;
-    l->retry = rx_timer_new(loop, on_retry, l);
-    if (!l->retry) {
-        rc = -ENOMEM;
-        goto fail;
-    }
     /* Best effort: without a spare the listener still works, and EMFILE pauses it instead. */
     open_spare(l);
-    l->ch = rx_channel_new(loop, l->fd, RX_CHANNEL_OWNS_FD, on_ready, l);
+    l->ch = rx_channel_new(l->loop, l->fd, RX_CHANNEL_OWNS_FD, on_ready, l);
     if (!l->ch) {
         rc = -errno;
         goto fail;
@@ -280,6 +266,92 @@ fail:
     rx_sys.free(l);
     errno = -rc;
     return NULL;
+}
+
+/* A listener with no socket yet; NULL and errno set when opts are bad or memory is short. */
+static rx_listener *alloc_listener(rx_loop *loop, const rx_listener_opts *o, rx_accept_fn cb,
+                                   void *arg) {
+    if (!loop || !cb || o->backlog < 0 || o->accept_batch < 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    rx_listener *l = rx_sys.calloc(1, sizeof(*l));
+    if (!l) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    l->loop = loop;
+    l->cb = cb;
+    l->on_shed = o->on_shed;
+    l->arg = arg;
+    l->batch = o->accept_batch > 0 ? o->accept_batch : DEFAULT_BATCH;
+    l->retry_ms = o->retry_ms > 0 ? o->retry_ms : DEFAULT_RETRY_MS;
+    l->spare_fd = -1;
+    l->fd = -1;
+    return l;
+}
+
+static const rx_listener_opts default_opts = {0};
+
+rx_listener *rx_listener_new(rx_loop *loop, const char *addr, const rx_listener_opts *opts,
+                             rx_accept_fn cb, void *arg) {
+    const rx_listener_opts *o = opts ? opts : &default_opts;
+    rx_addr want;
+    if (rx_addr_parse(&want, addr) < 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    rx_listener *l = alloc_listener(loop, o, cb, arg);
+    if (!l)
+        return NULL;
+    int fd = rx_listen_socket(&want, o, &l->addr);
+    if (fd < 0) {
+        rx_sys.free(l);
+        errno = -fd;
+        return NULL;
+    }
+    l->fd = fd;
+    struct stat st;
+    if (want.u.sa.sa_family == AF_UNIX && stat(want.u.un.sun_path, &st) == 0) {
+        l->owns_path = true;
+        l->path_dev = st.st_dev;
+        l->path_ino = st.st_ino;
+    }
+    return start(l);
+}
+
+rx_listener *rx_listener_adopt(rx_loop *loop, int fd, const rx_listener_opts *opts, rx_accept_fn cb,
+                               void *arg) {
+    const rx_listener_opts *o = opts ? opts : &default_opts;
+    rx_listener *l = fd >= 0 ? alloc_listener(loop, o, cb, arg) : NULL;
+    if (!l) {
+        int err = fd < 0 ? EBADF : errno;
+        if (fd >= 0)
+            close(fd);
+        errno = err;
+        return NULL;
+    }
+    l->fd = fd;
+    int type = 0, listening = 0, rc = 0;
+    socklen_t len = sizeof(int);
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0)
+        rc = -errno; /* ENOTSOCK, EBADF */
+    else if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) < 0)
+        rc = -errno;
+    else if (type != SOCK_STREAM || !listening)
+        rc = -EINVAL;
+    else if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 ||
+             fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+        rc = -errno;
+    else
+        rc = bound_addr(fd, &l->addr);
+    if (rc < 0) {
+        close(fd);
+        rx_sys.free(l);
+        errno = -rc;
+        return NULL;
+    }
+    return start(l);
 }
 
 const rx_addr *rx_listener_addr(const rx_listener *l) { return &l->addr; }

@@ -222,23 +222,37 @@ void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, v
 
 /* ---- life --------------------------------------------------------------------------------- */
 
-/* A listener on the shard's loop, on addr. */
-static rx_listener *listen_on(rx_server *s, struct rx_server_shard *sh, const char *addr,
+/* A listener on the shard's loop: on fd when it is one (adopted), else bound to addr. */
+static rx_listener *listen_on(rx_server *s, struct rx_server_shard *sh, const char *addr, int fd,
                               const rx_server_opts *opts) {
     rx_listener_opts lo = opts->listener;
     lo.on_shed = s->on_shed ? on_shed : NULL;
     if (s->group && s->spread == RX_SPREAD_REUSEPORT)
         lo.reuseport = true;
+    if (fd >= 0)
+        return rx_listener_adopt(sh->loop, fd, &lo, on_accept, sh);
     return rx_listener_new(sh->loop, addr, &lo, on_accept, sh);
 }
 
+static void close_fds(const int *fds, unsigned n) {
+    for (unsigned i = 0; i < n; i++)
+        close(fds[i]);
+}
+
 /* The listeners: one on home (a shard's, or the acceptor's for a handoff over a group), or one
- * per loop on the same port (the first one's, when port 0 let the kernel choose). Returns 0 or a
- * negative errno. */
+ * per loop on the same port (the first one's, when port 0 let the kernel choose); on the given
+ * listening sockets instead when there are some. Returns 0 or a negative errno. */
 static int start_listening(rx_server *s, const rx_server_opts *opts) {
-    if (!s->group || s->spread == RX_SPREAD_HANDOFF) {
+    const int *fds = opts->listen_fds;
+    unsigned nfds = fds ? opts->nlisten_fds : 0; /* the caller's count; 0 means bind listen */
+    bool one = !s->group || s->spread == RX_SPREAD_HANDOFF;
+    if (nfds && nfds != (one ? 1 : s->nshards)) {
+        close_fds(fds, nfds);
+        return -EINVAL;
+    }
+    if (one) {
         struct rx_server_shard *sh = s->group ? &s->acceptor : &s->shards[0];
-        if (!(sh->listener = listen_on(s, sh, opts->listen, opts)))
+        if (!(sh->listener = listen_on(s, sh, opts->listen, nfds ? fds[0] : -1, opts)))
             return -errno;
         s->addr = *rx_listener_addr(sh->listener);
         return 0;
@@ -246,9 +260,13 @@ static int start_listening(rx_server *s, const rx_server_opts *opts) {
     char addr[RX_ADDR_STRLEN];
     for (unsigned i = 0; i < s->nshards; i++) {
         struct rx_server_shard *sh = &s->shards[i];
-        sh->listener = listen_on(s, sh, i == 0 ? opts->listen : addr, opts);
-        if (!sh->listener)
-            return -errno;
+        sh->listener = listen_on(s, sh, i == 0 ? opts->listen : addr, nfds ? fds[i] : -1, opts);
+        if (!sh->listener) {
+            int err = errno;
+            if (nfds)
+                close_fds(fds + i + 1, nfds - i - 1);
+            return -err;
+        }
         if (i == 0) {
             s->addr = *rx_listener_addr(sh->listener);
             rx_addr_format(&s->addr, addr, sizeof(addr));
@@ -259,7 +277,11 @@ static int start_listening(rx_server *s, const rx_server_opts *opts) {
 
 rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts) {
     static const rx_conn_callbacks no_callbacks;
-    if (!opts || !opts->listen || (!loop && !opts->group)) {
+    /* The given sockets are the server's from here on, also when it cannot be made. */
+    unsigned nfds = opts && opts->listen_fds ? opts->nlisten_fds : 0;
+    if (!opts || (!opts->listen && !nfds) || (!loop && !opts->group)) {
+        if (nfds)
+            close_fds(opts->listen_fds, nfds);
         errno = EINVAL;
         return NULL;
     }
@@ -267,6 +289,7 @@ rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts) {
     unsigned n = opts->group ? rx_loop_group_size(opts->group) : 1;
     if (!s || !(s->shards = rx_sys.calloc(n, sizeof(*s->shards)))) {
         rx_sys.free(s);
+        close_fds(opts->listen_fds, nfds);
         errno = ENOMEM;
         return NULL;
     }
@@ -292,6 +315,8 @@ rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts) {
     }
     if (rc == 0)
         rc = start_listening(s, opts);
+    else
+        close_fds(opts->listen_fds, nfds);
     if (rc < 0) {
         rx_server_free(s);
         errno = -rc;
