@@ -12,6 +12,7 @@
 #include <rx/join.h>
 #include <rx/listener.h>
 #include <rx/loop.h>
+#include <rx/master.h>
 #include <rx/server.h>
 #include <rx/signal.h>
 #include <rx/timer.h>
