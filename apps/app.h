@@ -5,6 +5,7 @@
 #define RX_APPS_APP_H
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -12,7 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <rx/rx.h>
 
@@ -156,6 +159,183 @@ static inline int app_run_group(app_run *r) {
     if (rc < 0) {
         fprintf(stderr, "%s: a loop failed: %s\n", r->prog, strerror(-rc));
         return -1;
+    }
+    return 0;
+}
+
+/* --workers N: this process becomes a master (rx_master) that binds the address and runs N
+ * workers, each this program again with the same arguments, which find their sockets with
+ * rx_worker_listen_fds. The master logs each worker's life on stderr, reloads on SIGHUP and
+ * stops on SIGINT/SIGTERM once every worker has stopped. */
+#define APP_MAX_WORKERS 1024
+
+typedef struct app_master {
+    const char *prog;
+    rx_loop *loop;
+    rx_master *master;
+    int status; /* main's exit status: 1 once a worker did not stop cleanly */
+} app_master;
+
+static inline void app_master_log(rx_master *m, const rx_worker_info *w, void *arg) {
+    (void)m;
+    app_master *a = arg;
+    char what[96] = "";
+    switch (w->event) {
+    case RX_WORKER_STARTED:
+        strcpy(what, "started");
+        break;
+    case RX_WORKER_READY:
+        strcpy(what, "ready");
+        break;
+    case RX_WORKER_STOPPING:
+        strcpy(what, "stopping");
+        break;
+    case RX_WORKER_KILLED:
+        strcpy(what, "killed (SIGKILL): it did not stop or get ready in time");
+        break;
+    case RX_WORKER_EXITED:
+        if (WIFEXITED(w->status))
+            snprintf(what, sizeof(what), "exited with status %d", WEXITSTATUS(w->status));
+        else
+            snprintf(what, sizeof(what), "killed by signal %d (%s)", WTERMSIG(w->status),
+                     strsignal(WTERMSIG(w->status)));
+        if (w->expected && !(WIFEXITED(w->status) && WEXITSTATUS(w->status) == 0))
+            a->status = 1;
+        break;
+    case RX_WORKER_FAILED:
+        snprintf(what, sizeof(what), "could not be started: %s", strerror(-w->err));
+        break;
+    }
+    if (w->restart_ms > 0 && (w->event == RX_WORKER_EXITED || w->event == RX_WORKER_FAILED))
+        fprintf(stderr, "%s: worker %u (pid %d, generation %u) %s; restart in %lld ms\n", a->prog,
+                w->slot, (int)w->pid, w->generation, what, (long long)w->restart_ms);
+    else if (w->restart_ms == 0 && w->event == RX_WORKER_EXITED)
+        fprintf(stderr, "%s: worker %u (pid %d, generation %u) %s; restarting it\n", a->prog,
+                w->slot, (int)w->pid, w->generation, what);
+    else
+        fprintf(stderr, "%s: worker %u (pid %d, generation %u) %s\n", a->prog, w->slot, (int)w->pid,
+                w->generation, what);
+}
+
+static inline void app_master_stopped(void *arg) {
+    app_master *a = arg;
+    rx_loop_stop(a->loop);
+}
+
+static inline void app_master_signal(rx_signal *sig, int signo, void *arg) {
+    (void)sig;
+    app_master *a = arg;
+    if (signo == SIGHUP) {
+        fprintf(stderr, "%s: %s, reloading: new workers first, then the old ones stop\n", a->prog,
+                strsignal(signo));
+        if (rx_master_reload(a->master) < 0)
+            fprintf(stderr, "%s: stopping already, no reload\n", a->prog);
+        return;
+    }
+    fprintf(stderr, "%s: %s, stopping the workers\n", a->prog, strsignal(signo));
+    rx_master_stop(a->master, app_master_stopped, a);
+}
+
+/* The loops --threads N makes: N, or one per CPU this process may run on for 0. */
+static inline unsigned app_loops(unsigned threads) {
+    cpu_set_t set;
+    if (threads > 0 || sched_getaffinity(0, sizeof(set), &set) < 0)
+        return threads > 0 ? threads : 1;
+    return (unsigned)CPU_COUNT(&set);
+}
+
+/* Runs a master for `workers` workers serving as `server` says (its address, listener options,
+ * spread) until it stopped: each worker gets one socket, or one per loop with reuseport. Returns
+ * main's exit status. */
+static inline int app_run_master(const char *prog, const rx_server_opts *server, unsigned threads,
+                                 unsigned workers, char **argv, unsigned long long nofile) {
+    app_master a = {.prog = prog};
+    unsigned loops = app_loops(threads);
+    rx_master_opts opts = {
+        .listen = server->listen,
+        .listener = server->listener,
+        .workers = workers,
+        .sockets_per_worker = server->spread == RX_SPREAD_REUSEPORT ? loops : 1,
+        .argv = argv,
+        .on_worker = app_master_log,
+        .arg = &a,
+    };
+    rx_addr want;
+    if (rx_addr_parse(&want, opts.listen) == 0 && want.u.sa.sa_family == AF_UNIX) {
+        fprintf(stderr, "%s: --workers needs a TCP address, not %s\n", prog, opts.listen);
+        return 2;
+    }
+    if (!(a.loop = rx_loop_new())) {
+        fprintf(stderr, "%s: cannot create the master's loop: %s\n", prog, strerror(errno));
+        return 1;
+    }
+    static const int signals[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof(signals) / sizeof(signals[0]); i++)
+        if (!rx_signal_new(a.loop, signals[i], app_master_signal, &a)) {
+            fprintf(stderr, "%s: cannot watch signals: %s\n", prog, strerror(errno));
+            rx_loop_free(a.loop);
+            return 1;
+        }
+    if (!(a.master = rx_master_new(a.loop, &opts))) {
+        fprintf(stderr, "%s: cannot listen on %s: %s\n", prog, opts.listen, strerror(errno));
+        rx_loop_free(a.loop);
+        return 1;
+    }
+    /* Flushed before any worker can write a line of its own. */
+    char where[RX_ADDR_STRLEN];
+    rx_addr_format(rx_master_addr(a.master), where, sizeof(where));
+    printf("%s listening on %s (master pid %d, %u workers of %u thread%s, spread %s, open files "
+           "limit %llu)\n",
+           prog, where, (int)getpid(), workers, loops, loops == 1 ? "" : "s",
+           app_spread_name(server->spread), nofile);
+    fflush(stdout);
+    int rc = rx_loop_run(a.loop);
+    rx_master_free(a.master);
+    rx_loop_free(a.loop);
+    if (rc < 0) {
+        fprintf(stderr, "%s: the master's loop failed: %s\n", prog, strerror(-rc));
+        return 1;
+    }
+    fprintf(stderr, "%s: every worker stopped\n", prog);
+    return a.status;
+}
+
+/* Once the server listens and the signals are watched: in a worker, tells the master it serves
+ * and returns true (the master printed the first stdout line); else returns false and the caller
+ * prints it. */
+static inline bool app_worker_serving(const char *prog) {
+    if (rx_worker_slot() < 0)
+        return false;
+    int rc = rx_worker_ready();
+    if (rc < 0)
+        fprintf(stderr, "%s: cannot tell the master it serves: %s\n", prog, strerror(-rc));
+    return true;
+}
+
+/* --workers N. Returns 0, or -1 after printing why the value is bad. */
+static inline int app_parse_workers(const char *prog, const char *s, unsigned *out) {
+    unsigned long long v;
+    if (app_parse_count(s, APP_MAX_WORKERS, &v) < 0) {
+        fprintf(stderr, "%s: --workers wants a count from 0 (no master) to %d, got '%s'\n", prog,
+                APP_MAX_WORKERS, s);
+        return -1;
+    }
+    *out = (unsigned)v;
+    return 0;
+}
+
+/* In a worker (or under systemd's socket activation): puts the inherited listening sockets in
+ * opts. Returns 0 (none inherited is fine), or -1 after printing why. */
+static inline int app_inherit_sockets(const char *prog, rx_server_opts *opts, int *fds,
+                                      unsigned max) {
+    int n = rx_worker_listen_fds(fds, max);
+    if (n < 0) {
+        fprintf(stderr, "%s: bad inherited sockets (LISTEN_FDS): %s\n", prog, strerror(-n));
+        return -1;
+    }
+    if (n > 0) {
+        opts->listen_fds = fds;
+        opts->nlisten_fds = (unsigned)n;
     }
     return 0;
 }

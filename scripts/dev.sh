@@ -251,7 +251,8 @@ cmd_test() {
             --print-errorlogs --num-processes 2
         # The integration tests with every app server under valgrind (tests/appserver.py).
         RX_TEST_VALGRIND=1 test_pass valgrind-apps build-ci-plain testlog-valgrind-apps.json \
-            --suite http --suite echo --suite proxy --logbase testlog-valgrind-apps \
+            --suite http --suite echo --suite proxy --suite workers \
+            --logbase testlog-valgrind-apps \
             --print-errorlogs
     else
         echo "[soak, valgrind] skipped: the plain build failed" >&2

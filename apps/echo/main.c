@@ -91,21 +91,24 @@ static const rx_conn_callbacks echo_callbacks = {
 };
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: rx-echo [--listen ADDR] [--threads N] [--spread handoff|reuseport]\n"
-            "               [--idle-timeout SECONDS] [--send-timeout SECONDS] [--max-conns N]\n"
-            "               [--help]\n"
-            "  --listen ADDR           127.0.0.1:PORT, [::1]:PORT or unix:/path "
-            "(default 127.0.0.1:7000)\n"
-            "  --threads N             loops, one thread each (default 1, 0: one per CPU)\n"
-            "  --spread MODE           how connections reach the loops: handoff (one loop "
-            "accepts,\n"
-            "                          default) or reuseport (a listener per loop)\n"
-            "  --idle-timeout SECONDS  close connections idle this long (default: never)\n"
-            "  --send-timeout SECONDS  close a connection whose echoes the client has taken none\n"
-            "                          of for this long (default 60, 0: never)\n"
-            "  --max-conns N           close connections beyond N at once (default: no "
-            "limit)\n");
+    fprintf(
+        out,
+        "usage: rx-echo [--listen ADDR] [--threads N] [--spread handoff|reuseport] [--workers N]\n"
+        "               [--idle-timeout SECONDS] [--send-timeout SECONDS] [--max-conns N]\n"
+        "               [--help]\n"
+        "  --listen ADDR           127.0.0.1:PORT, [::1]:PORT or unix:/path "
+        "(default 127.0.0.1:7000)\n"
+        "  --threads N             loops, one thread each (default 1, 0: one per CPU)\n"
+        "  --spread MODE           how connections reach the loops: handoff (one loop "
+        "accepts,\n"
+        "                          default) or reuseport (a listener per loop)\n"
+        "  --idle-timeout SECONDS  close connections idle this long (default: never)\n"
+        "  --send-timeout SECONDS  close a connection whose echoes the client has taken none\n"
+        "                          of for this long (default 60, 0: never)\n"
+        "  --max-conns N           close connections beyond N at once (default: no "
+        "limit)\n"
+        "  --workers N             a master and N worker processes sharing the port (default\n"
+        "                          0: this process serves); SIGHUP reloads the workers\n");
 }
 
 int main(int argc, char **argv) {
@@ -117,6 +120,7 @@ int main(int argc, char **argv) {
         {"tune", required_argument, NULL, 't'},
         {"threads", required_argument, NULL, 'n'},
         {"spread", required_argument, NULL, 's'},
+        {"workers", required_argument, NULL, 'W'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -125,10 +129,10 @@ int main(int argc, char **argv) {
     rx_server_opts opts = {
         .listen = "127.0.0.1:7000", .cbs = &echo_callbacks, .conn.write_timeout_ms = 60000};
     struct echo e = {.backpressure = true};
-    unsigned threads = 1;
+    unsigned threads = 1, workers = 0;
     unsigned long long v;
     int ch;
-    while ((ch = getopt_long(argc, argv, "l:i:w:m:t:n:s:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "l:i:w:m:t:n:s:W:h", longopts, NULL)) != -1) {
         switch (ch) {
         case 'l':
             opts.listen = optarg;
@@ -166,6 +170,10 @@ int main(int argc, char **argv) {
             if (app_parse_spread("rx-echo", optarg, &opts.spread) < 0)
                 return 2;
             break;
+        case 'W':
+            if (app_parse_workers("rx-echo", optarg, &workers) < 0)
+                return 2;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -188,11 +196,19 @@ int main(int argc, char **argv) {
         return 2;
     }
 
+    unsigned long long nofile = app_raise_nofile();
+    char prog[32] = "rx-echo";
+    if (workers > 0 && rx_worker_slot() < 0)
+        return app_run_master(prog, &opts, threads, workers, argv, nofile);
+    int fds[APP_MAX_THREADS];
+    if (app_inherit_sockets(prog, &opts, fds, APP_MAX_THREADS) < 0)
+        return 1;
+    if (rx_worker_slot() >= 0)
+        snprintf(prog, sizeof(prog), "rx-echo worker %d", rx_worker_slot());
     opts.arg = &e;
     opts.listener.on_shed = on_shed;
-    unsigned long long nofile = app_raise_nofile();
-    e.shed.prog = "rx-echo";
-    app_run run = {.prog = "rx-echo"};
+    e.shed.prog = prog;
+    app_run run = {.prog = prog};
     run.group = rx_loop_group_new(threads);
     if (!run.group) {
         fprintf(stderr, "rx-echo: cannot create the loops: %s\n", strerror(errno));
@@ -216,11 +232,13 @@ int main(int argc, char **argv) {
     }
     if (app_watch_signals(&run) < 0)
         return 1;
-    char where[RX_ADDR_STRLEN];
-    rx_addr_format(rx_server_addr(run.server), where, sizeof(where));
-    printf("rx-echo listening on %s (%u thread%s, spread %s, open files limit %llu)\n", where,
-           e.nloops, e.nloops == 1 ? "" : "s", app_spread_name(opts.spread), nofile);
-    fflush(stdout);
+    if (!app_worker_serving(prog)) {
+        char where[RX_ADDR_STRLEN];
+        rx_addr_format(rx_server_addr(run.server), where, sizeof(where));
+        printf("rx-echo listening on %s (%u thread%s, spread %s, open files limit %llu)\n", where,
+               e.nloops, e.nloops == 1 ? "" : "s", app_spread_name(opts.spread), nofile);
+        fflush(stdout);
+    }
 
     int rc = app_run_group(&run);
     /* The threads are joined: what is left (connections aborted here, whose on_close counts them)
@@ -234,7 +252,7 @@ int main(int argc, char **argv) {
         sum.bytes_out += e.loops[i].bytes_out;
     }
     free(e.loops);
-    printf("rx-echo: %llu connections, %llu bytes in, %llu bytes out\n", sum.conns, sum.bytes_in,
+    printf("%s: %llu connections, %llu bytes in, %llu bytes out\n", prog, sum.conns, sum.bytes_in,
            sum.bytes_out);
     return rc < 0 ? 1 : 0;
 }

@@ -587,16 +587,29 @@ static void on_timeout(rx_conn *c, rx_timeout_kind kind, void *arg) {
     }
 }
 
+/* How long a connection that has not sent a byte yet may take for its first request once a stop
+ * began (at most the header timeout). */
+#define STOP_FIRST_REQUEST_MS 1000
+
 /* The server began a graceful stop (on each loop, for each of its connections): one between
- * requests, or that never sent a byte, closes now; one in the middle of a request finishes it, and
- * its answer says Connection: close (route). */
+ * requests closes now (its client may send the next request again on a new connection, RFC 9112
+ * section 9.3.1); one in the middle of a request finishes it, and its answer says Connection:
+ * close (route). One that has not sent a byte yet was accepted just before the stop, and its
+ * first request is likely on its way: closing it would lose that request with no sign that it is
+ * safe to send again, so it gets STOP_FIRST_REQUEST_MS for it, answered with Connection: close. */
 static void on_stop(rx_conn *c, void *arg) {
     if (has_session(arg)) {
         ((session *)arg)->w->stopping = true;
         return;
     }
-    worker_for(c, arg)->stopping = true;
-    rx_conn_close(c);
+    http_worker *w = worker_for(c, arg);
+    w->stopping = true;
+    if (arg_kind(arg) == HTTP_ARG_IDLE) {
+        rx_conn_close(c);
+        return;
+    }
+    uint64_t t = w->cfg->header_timeout_ms;
+    rx_conn_set_idle_timeout(c, t && t < STOP_FIRST_REQUEST_MS ? t : STOP_FIRST_REQUEST_MS);
 }
 
 static void on_close(rx_conn *c, rx_close_reason reason, int err, void *arg) {

@@ -40,6 +40,9 @@ static void usage(FILE *out) {
             "  --io-threads N           open and stat static files the kernel's cache cannot\n"
             "                           answer at once, and write the access log, on a pool of N\n"
             "                           threads (default 0: everything on the loops)\n"
+            "  --workers N              a master and N worker processes sharing the port\n"
+            "                           (default 0: this process serves); SIGHUP reloads them,\n"
+            "                           and each worker's /stats counts its own connections\n"
             "  --tune LIST              for benchmarks, switch techniques off: " TUNE_COMMON
             ",\n                           no-batch, no-date-cache, no-sendfile, no-cached-open\n"
             "  --help\n",
@@ -53,7 +56,7 @@ static void on_shed(rx_listener *l, void *arg) {
 
 /* Options into cfg, opts and threads. Returns 0, or the exit status for bad usage. */
 static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *opts,
-                      unsigned *threads, bool *help) {
+                      unsigned *threads, unsigned *workers, bool *help) {
     static const char *const app_switches[] = {"no-batch", "no-date-cache", "no-sendfile",
                                                "no-cached-open", NULL};
     bool app_off[4] = {false, false, false, false};
@@ -71,6 +74,7 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
         {"threads", required_argument, NULL, 'n'},
         {"spread", required_argument, NULL, 's'},
         {"io-threads", required_argument, NULL, 'I'},
+        {"workers", required_argument, NULL, 'W'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -102,6 +106,10 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
             continue;
         case 's':
             if (app_parse_spread("rx-http", optarg, &opts->spread) < 0)
+                return 2;
+            continue;
+        case 'W':
+            if (app_parse_workers("rx-http", optarg, workers) < 0)
                 return 2;
             continue;
         case 'h':
@@ -200,8 +208,8 @@ int main(int argc, char **argv) {
         .arg = &srv,
     };
     bool help = false;
-    unsigned threads = 1;
-    int rc = parse_args(argc, argv, &srv.cfg, &opts, &threads, &help);
+    unsigned threads = 1, workers = 0;
+    int rc = parse_args(argc, argv, &srv.cfg, &opts, &threads, &workers, &help);
     if (help) {
         usage(stdout);
         return 0;
@@ -224,15 +232,29 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
+    unsigned long long nofile = app_raise_nofile();
+    char prog[32] = "rx-http";
+    if (workers > 0 && rx_worker_slot() < 0) {
+        /* The master only checked that the root and the log open: each worker opens its own. */
+        close(srv.root_fd);
+        if (srv.log_fd > STDOUT_FILENO)
+            close(srv.log_fd);
+        opts.listen = srv.cfg.listen;
+        return app_run_master(prog, &opts, threads, workers, argv, nofile);
+    }
+    int fds[APP_MAX_THREADS];
+    if (app_inherit_sockets(prog, &opts, fds, APP_MAX_THREADS) < 0)
+        return 1;
+    if (rx_worker_slot() >= 0)
+        snprintf(prog, sizeof(prog), "rx-http worker %d", rx_worker_slot());
     if (srv.cfg.io_threads > 0 &&
         !(srv.pool = rx_work_pool_new(&(rx_work_pool_opts){.threads = srv.cfg.io_threads}))) {
         fprintf(stderr, "rx-http: cannot start %u I/O threads: %s\n", srv.cfg.io_threads,
                 strerror(errno));
         return 1;
     }
-    unsigned long long nofile = app_raise_nofile();
-    srv.shed.prog = "rx-http";
-    app_run run = {.prog = "rx-http"};
+    srv.shed.prog = prog;
+    app_run run = {.prog = prog};
     srv.group = run.group = rx_loop_group_new(threads);
     if (!srv.group) {
         fprintf(stderr, "rx-http: cannot create the loops: %s\n", strerror(errno));
@@ -273,14 +295,16 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    char where[RX_ADDR_STRLEN];
-    rx_addr_format(rx_server_addr(srv.server), where, sizeof(where));
-    printf("rx-http listening on http://%s/ (root %s, %u thread%s, spread %s, %u I/O thread%s, "
-           "open files limit %llu)\n",
-           where, srv.cfg.root, srv.nworkers, srv.nworkers == 1 ? "" : "s",
-           app_spread_name(opts.spread), srv.cfg.io_threads, srv.cfg.io_threads == 1 ? "" : "s",
-           nofile);
-    fflush(stdout);
+    if (!app_worker_serving(prog)) {
+        char where[RX_ADDR_STRLEN];
+        rx_addr_format(rx_server_addr(srv.server), where, sizeof(where));
+        printf("rx-http listening on http://%s/ (root %s, %u thread%s, spread %s, %u I/O "
+               "thread%s, open files limit %llu)\n",
+               where, srv.cfg.root, srv.nworkers, srv.nworkers == 1 ? "" : "s",
+               app_spread_name(opts.spread), srv.cfg.io_threads, srv.cfg.io_threads == 1 ? "" : "s",
+               nofile);
+        fflush(stdout);
+    }
 
     rc = app_run_group(&run);
     /* The threads are joined: what is left (connections aborted here, whose on_close counts them)
@@ -295,7 +319,7 @@ int main(int argc, char **argv) {
     close(srv.root_fd);
     if (srv.log_fd > STDOUT_FILENO)
         close(srv.log_fd);
-    fprintf(stderr, "rx-http: %llu connections, %llu requests\n", srv.stats.conns_total,
+    fprintf(stderr, "%s: %llu connections, %llu requests\n", prog, srv.stats.conns_total,
             srv.stats.requests);
     return rc < 0 ? 1 : 0;
 }
