@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -46,7 +47,7 @@ struct opts {
     enum mode mode;
     double duration, rate, connect_rate, warmup;
     unsigned procs, sources;
-    bool json;
+    bool json, hold;
 };
 
 /* What a worker process reports to the parent: plain bytes through a pipe. */
@@ -57,7 +58,8 @@ struct stats {
     ull err_mismatch, err_reset, err_short, err_connect, err_other;
     ull late; /* echoes still missing when the drain time ran out (not errors) */
     ull peak_open;
-    double elapsed_s; /* length of the measured window */
+    double elapsed_s;  /* length of the measured window */
+    double verified_s; /* --hold: from the start until every connection verified or failed */
     struct hist lat;
 };
 
@@ -83,7 +85,9 @@ struct worker {
     struct lconn *conns;
     ull n, next, connecting, open; /* next: the next connection to start */
     enum phase phase;
-    bool timed, stopped, freeing, said_error;
+    bool timed, stopped, freeing, said_error, cut;     /* cut: SIGUSR1 ended the hold */
+    bool settled;                                      /* --hold: said so */
+    ull verified;                                      /* connections that did all their messages */
     double rate, connect_rate, tokens, connect_tokens; /* this process's shares and buckets */
     struct lconn *wait_head, *wait_tail;               /* connections waiting for a token */
     uint64_t t_start, t_refill, measure_ns, stop_ns, drain_end_ns, last_done_ns;
@@ -180,7 +184,7 @@ static void maybe_close(struct lconn *lc) {
     const struct worker *w = lc->w;
     if (!lc->c || lc->closing || lc->failed)
         return;
-    bool all_done = w->o->messages && lc->msgs_done >= w->o->messages;
+    bool all_done = w->o->messages && !w->o->hold && lc->msgs_done >= w->o->messages;
     bool drained = w->phase >= DRAIN && lc->msgs_done == lc->msgs_sent;
     if (all_done || drained) {
         lc->closing = true;
@@ -230,6 +234,8 @@ static void on_data(rx_conn *c, rx_buffer *in, void *arg) {
     lc->recvd += n;
     for (ull done = lc->recvd / size; lc->msgs_done < done; lc->msgs_done++)
         complete(w, t - lc->t_send[lc->msgs_done % STREAM_WINDOW], t);
+    if (w->o->messages && lc->msgs_done == w->o->messages)
+        w->verified++;
     pump(lc, t);
     maybe_close(lc);
 }
@@ -243,7 +249,17 @@ static void end_ramp(struct worker *w, uint64_t t) {
     w->phase = RUN;
     w->measure_ns = t + (uint64_t)(w->o->warmup * 1e9);
     if (w->o->duration > 0)
-        w->stop_ns = w->measure_ns + (uint64_t)(w->o->duration * 1e9);
+        w->stop_ns = w->cut ? t : w->measure_ns + (uint64_t)(w->o->duration * 1e9);
+}
+
+/* --hold: SIGUSR1 ends the hold now (at the end of the ramp if it is still going on). */
+static void on_usr1(rx_signal *sig, int signo, void *arg) {
+    (void)sig;
+    (void)signo;
+    struct worker *w = arg;
+    w->cut = true;
+    if (w->phase == RUN)
+        w->stop_ns = now_ns();
 }
 
 static void on_open(rx_conn *c, void *arg) {
@@ -354,6 +370,24 @@ static void progress(struct worker *w, uint64_t t) {
     w->progress_msgs = w->st.messages_all;
 }
 
+/* --hold: once every connection of this process has either verified its messages or failed,
+ * says so on stderr at once, so that whoever watches (bench/run --c1m) knows when the held
+ * connections are all proven. */
+static void say_settled(struct worker *w, uint64_t t) {
+    if (!w->o->hold || w->settled || w->next < w->n || w->connecting > 0 ||
+        w->verified + w->st.conns_failed < w->n)
+        return;
+    w->settled = true;
+    w->st.verified_s = (double)(t - w->t_start) / 1e9;
+    char who[16] = "";
+    if (w->o->procs > 1)
+        snprintf(who, sizeof(who), "[%u]", w->index);
+    fprintf(stderr,
+            "echo-load%s: all %llu connections settled after %.1f s: %llu verified, %llu failed, "
+            "holding\n",
+            who, w->n, w->st.verified_s, w->verified, w->st.conns_failed);
+}
+
 static void on_tick(rx_timer *timer, void *arg) {
     (void)timer;
     struct worker *w = arg;
@@ -379,6 +413,7 @@ static void on_tick(rx_timer *timer, void *arg) {
     }
     pump_connects(w);
     end_ramp(w, t);
+    say_settled(w, t);
     if (w->phase == RUN && t >= w->stop_ns) {
         w->phase = DRAIN;
         w->timed = true;
@@ -418,6 +453,12 @@ static int run_worker(const struct opts *o, unsigned index, ull first, ull n, st
         fprintf(stderr, "echo-load: cannot set up the loop: %s\n", strerror(errno));
         if (w.loop)
             rx_loop_free(w.loop);
+        free(w.conns);
+        return -1;
+    }
+    if (o->hold && !rx_signal_new(w.loop, SIGUSR1, on_usr1, &w)) {
+        fprintf(stderr, "echo-load: cannot watch SIGUSR1: %s\n", strerror(errno));
+        rx_loop_free(w.loop);
         free(w.conns);
         return -1;
     }
@@ -461,6 +502,8 @@ static void merge(struct stats *into, const struct stats *s) {
     into->peak_open += s->peak_open;
     if (s->elapsed_s > into->elapsed_s)
         into->elapsed_s = s->elapsed_s;
+    if (s->verified_s > into->verified_s)
+        into->verified_s = s->verified_s;
     hist_merge(&into->lat, &s->lat);
 }
 
@@ -502,6 +545,9 @@ static int run_procs(const struct opts *o, struct stats *total, double *msgs_per
         fds[i] = p[0];
         first += n;
     }
+    /* --hold: SIGUSR1 to the process group ends every worker's hold; it is not for this one. */
+    if (o->hold)
+        signal(SIGUSR1, SIG_IGN);
     for (unsigned i = 0; i < o->procs; i++) {
         struct stats st;
         int got = xfer(fds[i], &st, sizeof(st), false);
@@ -536,11 +582,11 @@ static void print_report(const struct opts *o, const struct stats *s, double msg
                "\"latency_us\":{\"p50\":%.1f,\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,"
                "\"mean\":%.1f,\"max\":%.1f},\"errors\":{\"total\":%llu,\"mismatch\":%llu,"
                "\"reset\":%llu,\"short_close\":%llu,\"connect\":%llu,\"other\":%llu},"
-               "\"late\":%llu,\"peak_open\":%llu}\n",
+               "\"late\":%llu,\"peak_open\":%llu,\"verified_s\":%.3f}\n",
                mode, o->conns, o->size, o->procs, o->sources, s->elapsed_s, s->conns_ok,
                s->conns_failed, s->messages, s->messages_all, msgs_per_s, mbps, p50, p90, p99, p999,
                mean, max, errors(s), s->err_mismatch, s->err_reset, s->err_short, s->err_connect,
-               s->err_other, s->late, s->peak_open);
+               s->err_other, s->late, s->peak_open, s->verified_s);
         return;
     }
     printf("echo-load: %s, %llu connections x %zu B, %u process%s, %.2f s measured\n", mode,
@@ -577,6 +623,10 @@ static void usage(FILE *out) {
             "  --connect-rate C    start at most C connects/s (default unlimited; at most %d\n"
             "                      connects in flight per process in any case)\n"
             "  --warmup S          run S seconds before measuring (default 0)\n"
+            "  --hold              with --messages and --duration: keep each connection open\n"
+            "                      once its messages are verified, until --duration ends;\n"
+            "                      each process says on stderr when all of its are verified;\n"
+            "                      SIGUSR1 (to the process group) ends the hold at once\n"
             "  --json              print one JSON object instead of the text summary\n"
             "  --help              this text\n"
             "Every echoed byte is verified. Exit status: 0 when all went well, 1 on any error\n"
@@ -633,18 +683,26 @@ static unsigned auto_sources(const rx_addr *addr, unsigned long long conns) {
 
 int main(int argc, char **argv) {
     static const struct option longopts[] = {
-        {"connect", required_argument, NULL, 'c'},  {"conns", required_argument, NULL, 'n'},
-        {"size", required_argument, NULL, 's'},     {"mode", required_argument, NULL, 'm'},
-        {"duration", required_argument, NULL, 'd'}, {"messages", required_argument, NULL, 'M'},
-        {"rate", required_argument, NULL, 'r'},     {"procs", required_argument, NULL, 'p'},
-        {"sources", required_argument, NULL, 'S'},  {"connect-rate", required_argument, NULL, 'C'},
-        {"warmup", required_argument, NULL, 'w'},   {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"connect", required_argument, NULL, 'c'},
+        {"conns", required_argument, NULL, 'n'},
+        {"size", required_argument, NULL, 's'},
+        {"mode", required_argument, NULL, 'm'},
+        {"duration", required_argument, NULL, 'd'},
+        {"messages", required_argument, NULL, 'M'},
+        {"rate", required_argument, NULL, 'r'},
+        {"procs", required_argument, NULL, 'p'},
+        {"sources", required_argument, NULL, 'S'},
+        {"connect-rate", required_argument, NULL, 'C'},
+        {"warmup", required_argument, NULL, 'w'},
+        {"json", no_argument, NULL, 'j'},
+        {"hold", no_argument, NULL, 'H'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     struct opts o = {.mode = PINGPONG, .procs = 1, .sources = 0}; /* 0: chosen below */
     ull v;
     int ch;
-    while ((ch = getopt_long(argc, argv, "c:n:s:m:d:M:r:p:S:C:w:jh", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "c:n:s:m:d:M:r:p:S:C:w:jHh", longopts, NULL)) != -1) {
         switch (ch) {
         case 'c':
             o.connect = optarg;
@@ -693,6 +751,9 @@ int main(int argc, char **argv) {
             if (parse_secs(optarg, &o.warmup) < 0)
                 return bad_arg("--warmup", optarg, "seconds");
             break;
+        case 'H':
+            o.hold = true;
+            break;
         case 'j':
             o.json = true;
             break;
@@ -721,6 +782,10 @@ int main(int argc, char **argv) {
         o.sources = auto_sources(&addr, o.conns);
     if (o.procs > o.conns) {
         fprintf(stderr, "echo-load: --procs %u is more than --conns %llu\n", o.procs, o.conns);
+        return 2;
+    }
+    if (o.hold && (o.duration == 0 || o.messages == 0)) {
+        fprintf(stderr, "echo-load: --hold needs --messages and --duration\n");
         return 2;
     }
     if (o.duration == 0 && o.messages == 0)
