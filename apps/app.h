@@ -32,6 +32,20 @@ static inline int app_parse_count(const char *s, unsigned long long max, unsigne
     return 0;
 }
 
+/* A count flag from 0 (which means `zero`) to max. Returns 0, or -1 after printing why the value
+ * is bad. */
+static inline int app_parse_upto(const char *prog, const char *flag, const char *zero,
+                                 const char *s, unsigned max, unsigned *out) {
+    unsigned long long v;
+    if (app_parse_count(s, max, &v) < 0) {
+        fprintf(stderr, "%s: %s wants a count from 0 (%s) to %u, got '%s'\n", prog, flag, zero, max,
+                s);
+        return -1;
+    }
+    *out = (unsigned)v;
+    return 0;
+}
+
 /* Raises the soft limit of open files to the hard one, as nginx's worker_rlimit_nofile does: a
  * shell's usual soft limit of 1024 would cap a C10K demo at about 1,000 connections. Returns the
  * soft limit in force afterwards. */
@@ -81,14 +95,7 @@ static inline void app_on_shed(rx_listener *l, app_shed *w) {
 #define APP_MAX_THREADS 1024
 
 static inline int app_parse_threads(const char *prog, const char *s, unsigned *out) {
-    unsigned long long v;
-    if (app_parse_count(s, APP_MAX_THREADS, &v) < 0) {
-        fprintf(stderr, "%s: --threads wants a count from 0 (one per CPU) to %d, got '%s'\n", prog,
-                APP_MAX_THREADS, s);
-        return -1;
-    }
-    *out = (unsigned)v;
-    return 0;
+    return app_parse_upto(prog, "--threads", "one per CPU", s, APP_MAX_THREADS, out);
 }
 
 /* --spread handoff|reuseport. Returns 0, or -1 after printing why the value is bad. */
@@ -314,14 +321,7 @@ static inline bool app_worker_serving(const char *prog) {
 
 /* --workers N. Returns 0, or -1 after printing why the value is bad. */
 static inline int app_parse_workers(const char *prog, const char *s, unsigned *out) {
-    unsigned long long v;
-    if (app_parse_count(s, APP_MAX_WORKERS, &v) < 0) {
-        fprintf(stderr, "%s: --workers wants a count from 0 (no master) to %d, got '%s'\n", prog,
-                APP_MAX_WORKERS, s);
-        return -1;
-    }
-    *out = (unsigned)v;
-    return 0;
+    return app_parse_upto(prog, "--workers", "no master", s, APP_MAX_WORKERS, out);
 }
 
 /* In a worker (or under systemd's socket activation): puts the inherited listening sockets in
