@@ -129,11 +129,11 @@ build_dir() {
     fi
 }
 
-# build_pass LABEL DIR SETUP-ARGS...: fresh configure + build + all tests but the soak (which
-# runs alone). Returns 1 if the build failed.
+# build_pass LABEL DIR SETUP-ARGS...: fresh configure + build + all tests. Returns 1 if the build
+# failed.
 build_pass() {
     build_dir "$@" || return 1
-    test_pass "$1" "$2" testlog.json --no-suite soak --print-errorlogs --num-processes 2
+    test_pass "$1" "$2" testlog.json --print-errorlogs --num-processes 2
 }
 
 summarize() {
@@ -245,8 +245,8 @@ cmd_test() {
         -Db_lundef=false || true
     if [[ $plain_ok -eq 1 ]]; then
         # bench/soak for 60 s, alone on the machine: its health answers must come within 50 ms.
-        test_pass soak build-ci-plain testlog-soak.json --suite soak --logbase testlog-soak \
-            --verbose
+        test_pass soak build-ci-plain testlog-soak.json --benchmark --suite soak \
+            --logbase testlog-soak --verbose
         test_pass valgrind build-ci-plain testlog-valgrind.json --setup valgrind --suite unit \
             --print-errorlogs --num-processes 2
         # The integration tests with every app server under valgrind (tests/appserver.py).
