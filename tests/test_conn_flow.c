@@ -549,6 +549,8 @@ static void *reader_main(void *arg) {
         }
         if (n < 0 && errno == EINTR)
             continue;
+        if (n == 0)
+            shutdown(r->fd, SHUT_WR); /* rx's graceful close ends once both sides have ended */
         if (n <= 0)
             return NULL;
         long long at = tu_pattern_check(buf, r->n, (size_t)n);
