@@ -230,7 +230,9 @@ typedef void (*rx_send_done_fn)(rx_conn *c, int status, void *arg);
  * (nothing is touched, done does not run), or -ENOMEM. */
 int rx_conn_send_async(rx_conn *c, const void *data, size_t n, rx_send_done_fn done, void *arg);
 
-/* Peer and local addresses (getpeername/getsockname). Return 0 or a negative errno. */
+/* Peer and local addresses (getpeername/getsockname). For a connection a proxy_protocol listener
+ * accepted, the peer is the client its PROXY header named (rx_listener_opts); the local address
+ * stays the socket's. Return 0 or a negative errno (-ENOTCONN once closed). */
 int rx_conn_peer_addr(const rx_conn *c, rx_addr *out);
 int rx_conn_local_addr(const rx_conn *c, rx_addr *out);
 

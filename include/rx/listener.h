@@ -25,6 +25,14 @@ typedef struct rx_listener_opts {
     /* Optional: called with the listener's arg after each connection shed for lack of fds (see
      * rx_listener_shed), e.g. to log a rate-limited warning. It may pause or free the listener. */
     void (*on_shed)(rx_listener *l, void *arg);
+    /* Behind a layer-4 balancer (HAProxy's send-proxy): every connection starts with a PROXY
+     * protocol header, v1 or v2, which the listener reads (and only it) before handing the fd on,
+     * and the callback's peer is the client the header names (the socket's own peer for a LOCAL
+     * or UNKNOWN header, a balancer's health check). A connection whose header is malformed, ends
+     * early or is not complete within proxy_timeout_ms is closed and counted (rx_listener_refused).
+     * Only for a port the balancer alone can reach: anyone else could claim any address. */
+    bool proxy_protocol;
+    unsigned proxy_timeout_ms; /* 0: 5000 */
 } rx_listener_opts;
 
 /* Binds and listens on addr (see rx_addr_parse; SO_REUSEADDR is always set; a stale unix
@@ -57,7 +65,11 @@ void rx_listener_resume(rx_listener *l);
 unsigned long long rx_listener_accepted(const rx_listener *l);
 unsigned long long rx_listener_shed(const rx_listener *l);
 
-/* Closes the socket and releases the listener; safe from any callback. A unix socket file is
+/* Connections closed for a missing, malformed or late PROXY header (proxy_protocol). */
+unsigned long long rx_listener_refused(const rx_listener *l);
+
+/* Closes the socket and releases the listener (and closes the connections still waiting for their
+ * PROXY header); safe from any callback. A unix socket file is
  * removed (only if it is still the one this listener made). rx_loop_free releases a listener still
  * alive, after which its pointer is dangling. */
 void rx_listener_free(rx_listener *l);

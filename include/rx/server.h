@@ -76,6 +76,10 @@ size_t rx_server_conn_count(const rx_server *s);
 unsigned long long rx_server_accepted(const rx_server *s);
 unsigned long long rx_server_shed(const rx_server *s);
 
+/* Connections its listeners closed for a missing, malformed or late PROXY header (see
+ * rx_listener_opts.proxy_protocol; the connection's peer address is the header's client). */
+unsigned long long rx_server_refused(const rx_server *s);
+
 /* Closes the listener and aborts every connection still open (their on_close runs with
  * RX_CLOSE_LOCAL at the end of the iteration, or at the next one outside rx_loop_run). Safe from
  * any callback. With a group: only once its threads have been joined. */

@@ -694,8 +694,24 @@ int rx_conn_send_async(rx_conn *c, const void *data, size_t n, rx_send_done_fn d
     return rc;
 }
 
+/* The address a PROXY header gave, in the connection's allocation behind the struct: only
+ * connections that have one pay for it. */
+struct conn_peer {
+    socklen_t len;
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+    } u;
+};
+
+static bool keeps_peer(const rx_addr *peer) {
+    return peer && (peer->u.sa.sa_family == AF_INET || peer->u.sa.sa_family == AF_INET6) &&
+           peer->len <= sizeof(((struct conn_peer *)0)->u);
+}
+
 rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_opts *opts,
-                        const rx_conn_callbacks *cbs, void *arg) {
+                        const rx_conn_callbacks *cbs, void *arg, const rx_addr *peer) {
     static const rx_conn_callbacks no_callbacks;
     static const rx_conn_opts defaults;
     if (fd < 0) {
@@ -706,7 +722,9 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
         opts = &defaults;
     rx_conn *c = NULL;
     uint32_t flags = RX_CHANNEL_OWNS_FD | (opts->tuning.edge_triggered ? RX_CHANNEL_EDGE : 0);
-    rx_channel *ch = rx_channel_new_owner(loop, fd, flags, on_event, sizeof(*c), (void **)&c);
+    bool own_peer = keeps_peer(peer);
+    size_t size = sizeof(*c) + (own_peer ? sizeof(struct conn_peer) : 0);
+    rx_channel *ch = rx_channel_new_owner(loop, fd, flags, on_event, size, (void **)&c);
     /* A connection that could not be made ends with a reset: its peer must not take it for an
      * orderly end (an accepted client would see its request answered by a clean close). */
     if (!ch) {
@@ -721,6 +739,12 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
     c->bits = (opts->tuning.edge_triggered ? B_EDGE : 0) |
               (opts->tuning.own_buffers ? B_OWN_BUFFERS : 0) |
               (opts->tuning.always_queue ? B_ALWAYS_QUEUE : 0);
+    if (own_peer) {
+        struct conn_peer *p = (struct conn_peer *)(c + 1);
+        p->len = peer->len;
+        memcpy(&p->u, &peer->u, peer->len);
+        c->bits |= B_PEER;
+    }
     c->cbs = cbs ? cbs : &no_callbacks;
     c->arg = arg;
     /* Marks beyond 4 GiB make no sense for one connection's queue: clamped, they fit 32 bits. */
@@ -764,7 +788,7 @@ rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting, const rx_conn_op
 
 rx_conn *rx_conn_new(rx_loop *loop, int fd, const rx_conn_opts *opts, const rx_conn_callbacks *cbs,
                      void *arg) {
-    return rx_conn_create(loop, fd, false, opts, cbs, arg);
+    return rx_conn_create(loop, fd, false, opts, cbs, arg, NULL);
 }
 
 rx_conn *rx_conn_next(rx_loop *loop, rx_conn *c) {
@@ -827,5 +851,13 @@ static int sock_addr(const rx_conn *c, rx_addr *out,
     return get(rx_conn_sock(c), &out->u.sa, &out->len) < 0 ? -errno : 0;
 }
 
-int rx_conn_peer_addr(const rx_conn *c, rx_addr *out) { return sock_addr(c, out, getpeername); }
+int rx_conn_peer_addr(const rx_conn *c, rx_addr *out) {
+    if (!rx_conn_has(c, B_PEER) || rx_conn_is_closed(c))
+        return sock_addr(c, out, getpeername);
+    const struct conn_peer *p = (const struct conn_peer *)(c + 1);
+    memset(out, 0, sizeof(*out));
+    memcpy(&out->u, &p->u, p->len);
+    out->len = p->len;
+    return 0;
+}
 int rx_conn_local_addr(const rx_conn *c, rx_addr *out) { return sock_addr(c, out, getsockname); }

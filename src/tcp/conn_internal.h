@@ -51,8 +51,9 @@ enum {
     B_OWE_INPUT = 1u << 7,  /* buffered input is due to on_data (after a resume) */
     B_OWE_READ = 1u << 8,   /* an edge-triggered read stopped at its cap: more is waiting */
     B_OWE_WRITE = 1u << 9,  /* a write stopped at its cap: the rest waits for its turn */
+    B_PEER = 1u << 10,      /* the peer's address (a PROXY header's) follows the struct */
 };
-_Static_assert(B_OWE_WRITE < 1u << 12, "c->bits has 12 bits");
+_Static_assert(B_PEER < 1u << 12, "c->bits has 12 bits");
 
 struct rx_file_queue;
 struct rx_connect_state;
@@ -145,10 +146,12 @@ static inline void rx_conn_touch_write(rx_conn *c) {
         c->rw->last_write = c->last_active;
 }
 
-/* Wraps fd in a connection; `connecting` leaves interest to the connector. */
+/* Wraps fd in a connection; `connecting` leaves interest to the connector. peer, when not NULL,
+ * is what rx_conn_peer_addr reports instead of the socket's (a PROXY header's client; kept only
+ * for IPv4 and IPv6, the only clients a header names). */
 RX_INTERNAL rx_conn *rx_conn_create(rx_loop *loop, int fd, bool connecting,
                                     const rx_conn_opts *opts, const rx_conn_callbacks *cbs,
-                                    void *arg);
+                                    void *arg, const rx_addr *peer);
 
 /* Moves a connecting connection to a new socket (a retry); the old one is closed. */
 RX_INTERNAL void rx_conn_replace_fd(rx_conn *c, int fd);

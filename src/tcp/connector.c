@@ -146,7 +146,7 @@ rx_conn *rx_connect(rx_loop *loop, const rx_connect_opts *opts) {
         errno = -fd;
         return NULL;
     }
-    rx_conn *c = rx_conn_create(loop, fd, true, &opts->conn, opts->cbs, opts->arg);
+    rx_conn *c = rx_conn_create(loop, fd, true, &opts->conn, opts->cbs, opts->arg, NULL);
     if (!c) {
         rx_sys.free(st);
         return NULL;

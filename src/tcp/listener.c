@@ -1,6 +1,9 @@
 /* rx_listener: a non-blocking listening socket on a level-triggered channel that accepts in
  * bounded batches and survives EMFILE/ENFILE with a spare fd (shed one connection) or, failing
- * that, a timed pause, so running out of fds never spins the loop. */
+ * that, a timed pause, so running out of fds never spins the loop. With proxy_protocol it reads
+ * each connection's PROXY header first: at once when it has arrived with the connection (the
+ * usual case, a balancer sends it in its first segment), else on an edge-triggered channel of the
+ * connection's own, under one timer for all of them. */
 #include <rx/channel.h>
 #include <rx/listener.h>
 #include <rx/timer.h>
@@ -12,11 +15,25 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "channel_internal.h"
 #include "listener_internal.h"
+#include "proxy_header.h"
 #include "sys.h"
 
 #define DEFAULT_BATCH 64
 #define DEFAULT_RETRY_MS 100u
+#define DEFAULT_PROXY_TIMEOUT_MS 5000u
+
+/* A connection accepted on a proxy_protocol listener whose header has not all arrived: it lives in
+ * its channel's allocation, in the listener's list in order of arrival (so of deadline). */
+struct pending {
+    rx_listener *l; /* NULL once detached: the listener no longer knows it */
+    struct pending *prev, *next;
+    rx_channel *ch; /* edge-triggered: woken by new bytes, not by the ones already peeked at */
+    int fd;         /* -1 once handed on; else closed with the channel */
+    uint64_t deadline;
+    rx_addr peer;
+};
 
 struct rx_listener {
     rx_loop *loop;
@@ -30,7 +47,12 @@ struct rx_listener {
     rx_accept_fn cb;
     void (*on_shed)(rx_listener *l, void *arg);
     void *arg;
-    unsigned long long accepted, shed;
+    unsigned long long accepted, shed, refused;
+    bool proxy;              /* proxy_protocol */
+    unsigned proxy_ms;       /* proxy_timeout_ms */
+    rx_timer *proxy_timer;   /* at the first pending connection's deadline */
+    struct pending *pending; /* oldest first */
+    struct pending *pending_tail;
     /* Two independent reasons not to accept; events are wanted only while neither holds. */
     bool paused;  /* by rx_listener_pause, until rx_listener_resume */
     bool backoff; /* out of fds or memory, until the retry timer fires */
@@ -62,8 +84,29 @@ static void remove_path(rx_listener *l) {
         unlink(path);
 }
 
+static void detach(struct pending *p) {
+    rx_listener *l = p->l;
+    if (!l)
+        return;
+    *(p->prev ? &p->prev->next : &l->pending) = p->next;
+    *(p->next ? &p->next->prev : &l->pending_tail) = p->prev;
+    p->l = NULL;
+}
+
+/* Closes the connections still waiting for their header (their channels close their fds). */
+static void drop_pending(rx_listener *l) {
+    while (l->pending) {
+        struct pending *p = l->pending;
+        detach(p);
+        rx_channel_close(p->ch);
+    }
+}
+
 /* Everything but the channel (and the memory). */
 static void release_resources(rx_listener *l) {
+    drop_pending(l);
+    rx_timer_free(l->proxy_timer);
+    l->proxy_timer = NULL;
     rx_timer_free(l->retry);
     l->retry = NULL;
     close_spare(l);
@@ -129,6 +172,127 @@ static enum shed_result shed_one(rx_listener *l, bool *shed) {
     return SHED_FAILED;
 }
 
+/* ---- PROXY protocol ------------------------------------------------------------------------ */
+
+/* Reads the PROXY header at the start of fd's input, leaving what follows for the connection, and
+ * sets *peer to the client it names unless it is a local one. Returns 1 once read, 0 when more
+ * must arrive, or a negative errno (-EPROTO: not a header; -ECONNRESET: the peer ended first).
+ * Plain recv, not rx_sys: the header is peeked at whole first, so consuming it cannot fall short.
+ */
+static int read_header(int fd, rx_addr *peer) {
+    unsigned char buf[RX_PROXY_HEADER_MAX];
+    ssize_t n;
+    do
+        n = recv(fd, buf, sizeof(buf), MSG_PEEK);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        return n == 0 ? -ECONNRESET : errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+    rx_proxy_header h;
+    int len = rx_proxy_header_parse(buf, (size_t)n, &h);
+    if (len <= 0)
+        return len;
+    do
+        n = recv(fd, buf, (size_t)len, 0);
+    while (n < 0 && errno == EINTR);
+    if (n != len)
+        return n < 0 ? -errno : -EIO;
+    if (!h.local)
+        *peer = h.src;
+    return 1;
+}
+
+static void refuse(rx_listener *l, int fd) {
+    close(fd);
+    l->refused++;
+}
+
+/* A pending connection is done with (handed on or refused): the channel goes, and with it the fd
+ * unless it was handed on. The timer stays armed for the old first deadline, and re-arms then. */
+static void end_pending(struct pending *p) {
+    rx_listener *l = p->l;
+    detach(p);
+    if (!l->pending)
+        rx_timer_stop(l->proxy_timer);
+    rx_channel_close(p->ch);
+}
+
+static void on_header(rx_channel *ch, uint32_t ready, void *arg) {
+    (void)ch;
+    struct pending *p = arg;
+    rx_listener *l = p->l;
+    rx_addr peer = p->peer;
+    int rc = read_header(p->fd, &peer);
+    if (rc == 0 && !(ready & (RX_HUP | RX_ERROR)))
+        return; /* the next bytes come with the next edge */
+    int fd = p->fd;
+    if (rc > 0)
+        p->fd = -1;
+    end_pending(p);
+    l->refused += rc <= 0;
+    if (rc > 0)
+        l->cb(l, fd, &peer, l->arg);
+}
+
+static void pending_release(void *arg) {
+    struct pending *p = arg;
+    detach(p); /* still linked only when rx_loop_free releases it before its listener */
+    if (p->fd >= 0)
+        close(p->fd);
+    rx_channel_free_owner(p->ch);
+}
+
+static void on_proxy_timeout(rx_timer *t, void *arg) {
+    rx_listener *l = arg;
+    uint64_t now = rx_loop_now_ms(l->loop);
+    while (l->pending && l->pending->deadline <= now) {
+        l->refused++;
+        end_pending(l->pending);
+    }
+    if (l->pending)
+        rx_timer_start(t, l->pending->deadline - now, 0);
+}
+
+/* Watches fd until its header is complete. Returns 0 or a negative errno (fd is still the
+ * caller's then). */
+static int wait_header(rx_listener *l, int fd, const rx_addr *peer) {
+    struct pending *p;
+    rx_channel *ch =
+        rx_channel_new_owner(l->loop, fd, RX_CHANNEL_EDGE, on_header, sizeof(*p), (void **)&p);
+    if (!ch)
+        return -errno;
+    p->ch = ch;
+    p->fd = -1;
+    rx_channel_set_destructor(ch, pending_release);
+    /* Edge-triggered, registering reports bytes that came since the peek. */
+    int rc = rx_channel_set_interest(ch, RX_READABLE);
+    if (rc == 0 && !l->pending)
+        rc = rx_timer_start(l->proxy_timer, l->proxy_ms, 0);
+    if (rc < 0) {
+        rx_channel_close(ch);
+        return rc;
+    }
+    p->fd = fd;
+    p->peer = *peer;
+    p->deadline = rx_loop_now_ms(l->loop) + l->proxy_ms;
+    p->l = l;
+    p->prev = l->pending_tail;
+    *(p->prev ? &p->prev->next : &l->pending) = p;
+    l->pending_tail = p;
+    return 0;
+}
+
+/* A connection of a proxy_protocol listener: handed on once its header is read. */
+static void take_header(rx_listener *l, int fd, const rx_addr *peer) {
+    rx_addr who = *peer;
+    int rc = read_header(fd, &who);
+    if (rc > 0)
+        l->cb(l, fd, &who, l->arg);
+    else if (rc < 0 || wait_header(l, fd, peer) < 0)
+        refuse(l, fd);
+}
+
+/* ---- accepting ----------------------------------------------------------------------------- */
+
 static void on_ready(rx_channel *ch, uint32_t ready, void *arg) {
     (void)ready;
     rx_listener *l = arg;
@@ -147,7 +311,10 @@ static void on_ready(rx_channel *ch, uint32_t ready, void *arg) {
         if (fd >= 0) {
             peer.len = len;
             l->accepted++;
-            l->cb(l, fd, &peer, l->arg);
+            if (l->proxy)
+                take_header(l, fd, &peer);
+            else
+                l->cb(l, fd, &peer, l->arg);
             /* The callback may have freed or paused the listener; the memory is still valid,
              * since the channel is released at the end of the iteration at the earliest. */
             if (!want_events(l))
@@ -240,7 +407,7 @@ int rx_listen_socket(const rx_addr *want, const rx_listener_opts *o, rx_addr *bo
 static rx_listener *start(rx_listener *l) {
     int rc = -ENOMEM;
     l->retry = rx_timer_new(l->loop, on_retry, l);
-    if (!l->retry)
+    if (!l->retry || (l->proxy && !(l->proxy_timer = rx_timer_new(l->loop, on_proxy_timeout, l))))
         goto fail;
     /* Best effort: without a spare the listener still works, and EMFILE pauses it instead. */
     open_spare(l);
@@ -286,6 +453,8 @@ static rx_listener *alloc_listener(rx_loop *loop, const rx_listener_opts *o, rx_
     l->arg = arg;
     l->batch = o->accept_batch > 0 ? o->accept_batch : DEFAULT_BATCH;
     l->retry_ms = o->retry_ms > 0 ? o->retry_ms : DEFAULT_RETRY_MS;
+    l->proxy = o->proxy_protocol;
+    l->proxy_ms = o->proxy_timeout_ms > 0 ? o->proxy_timeout_ms : DEFAULT_PROXY_TIMEOUT_MS;
     l->spare_fd = -1;
     l->fd = -1;
     return l;
@@ -376,6 +545,7 @@ void rx_listener_resume(rx_listener *l) {
 
 unsigned long long rx_listener_accepted(const rx_listener *l) { return l->accepted; }
 unsigned long long rx_listener_shed(const rx_listener *l) { return l->shed; }
+unsigned long long rx_listener_refused(const rx_listener *l) { return l->refused; }
 
 void rx_listener_free(rx_listener *l) {
     if (!l || l->freed)

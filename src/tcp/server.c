@@ -21,7 +21,7 @@ struct rx_server_shard {
     /* Written by the shard's thread only (load + store), read by any thread. */
     atomic_size_t count;
     atomic_ullong accepted;
-    unsigned long long shed; /* the listener's count, once it is gone */
+    unsigned long long shed, refused; /* the listener's counts, once it is gone */
 };
 
 struct rx_server {
@@ -32,6 +32,7 @@ struct rx_server {
     rx_addr addr;
     rx_conn_opts conn_opts;
     size_t max_conns;
+    bool proxy; /* the listeners read PROXY headers: a connection's peer is the header's */
     const rx_conn_callbacks *cbs;
     void *arg;
     void (*on_shed)(rx_listener *l, void *arg);
@@ -63,15 +64,16 @@ static size_t total_count(const rx_server *s) {
     return n;
 }
 
-/* A new connection on the shard's loop (its thread). */
-static void adopt(struct rx_server_shard *sh, int fd) {
+/* A new connection on the shard's loop (its thread); peer: the client a PROXY header named. */
+static void adopt(struct rx_server_shard *sh, int fd, const rx_addr *peer) {
     rx_server *s = sh->s;
     if (sh->stopping || (s->max_conns && total_count(s) >= s->max_conns)) {
         close(fd); /* over the limit: the client sees its connection end at once */
         return;
     }
     /* No context of its own until on_open gives it one: on_close never gets the server's arg. */
-    rx_conn *c = rx_conn_create(sh->loop, fd, false, &s->conn_opts, s->cbs, NULL);
+    rx_conn *c =
+        rx_conn_create(sh->loop, fd, false, &s->conn_opts, s->cbs, NULL, s->proxy ? peer : NULL);
     if (!c)
         return;
     c->owner = sh;
@@ -85,11 +87,12 @@ static void adopt(struct rx_server_shard *sh, int fd) {
 struct handoff {
     struct rx_server_shard *sh;
     int fd;
+    rx_addr peer;
 };
 
 static void handoff_run(void *arg) {
     struct handoff *h = arg;
-    adopt(h->sh, h->fd);
+    adopt(h->sh, h->fd, &h->peer);
     rx_sys.free(h);
 }
 
@@ -109,7 +112,6 @@ static struct rx_server_shard *shard_of(rx_server *s, rx_loop *loop) {
 
 static void on_accept(rx_listener *l, int fd, const rx_addr *peer, void *arg) {
     (void)l;
-    (void)peer;
     struct rx_server_shard *sh = arg;
     rx_server *s = sh->s;
     if (sh == &s->acceptor) {
@@ -117,7 +119,7 @@ static void on_accept(rx_listener *l, int fd, const rx_addr *peer, void *arg) {
         if (sh->loop != s->home) {
             struct handoff *h = rx_sys.malloc(sizeof(*h));
             if (h)
-                *h = (struct handoff){sh, fd};
+                *h = (struct handoff){sh, fd, *peer};
             if (!h || rx_loop_post_drop(sh->loop, handoff_run, handoff_drop, h) < 0) {
                 rx_sys.free(h);
                 close(fd);
@@ -125,7 +127,7 @@ static void on_accept(rx_listener *l, int fd, const rx_addr *peer, void *arg) {
             return;
         }
     }
-    adopt(sh, fd);
+    adopt(sh, fd, peer);
 }
 
 /* The user's on_shed gets the server's arg, not the shard. */
@@ -173,10 +175,12 @@ static void on_stop_timer(rx_timer *t, void *arg) {
     each_conn(arg, close_conn);
 }
 
-static void free_listener(rx_listener **l, unsigned long long *shed) {
+static void free_listener(struct rx_server_shard *sh) {
+    rx_listener **l = &sh->listener;
     if (!*l)
         return;
-    *shed = rx_listener_shed(*l);
+    sh->shed = rx_listener_shed(*l);
+    sh->refused = rx_listener_refused(*l);
     rx_listener_free(*l);
     *l = NULL;
 }
@@ -192,7 +196,7 @@ static void tell_stop(struct rx_server_shard *sh, rx_conn *c) {
 static void shard_stop(void *arg) {
     struct rx_server_shard *sh = arg;
     sh->stopping = true;
-    free_listener(&sh->listener, &sh->shed);
+    free_listener(sh);
     each_conn(sh, tell_stop);
     if (atomic_load_explicit(&sh->count, memory_order_relaxed) == 0)
         shard_done(sh);
@@ -208,7 +212,7 @@ void rx_server_stop(rx_server *s, uint64_t deadline_ms, rx_task_fn on_stopped, v
     s->stopped_arg = arg;
     s->deadline_ms = deadline_ms;
     atomic_store(&s->busy_shards, s->nshards);
-    free_listener(&s->acceptor.listener, &s->acceptor.shed);
+    free_listener(&s->acceptor);
     /* Connections handed off before this are created before their shard's stop: both were
      * posted by this thread, in this order. */
     for (unsigned i = 0; i < s->nshards; i++) {
@@ -299,6 +303,7 @@ rx_server *rx_server_new(rx_loop *loop, const rx_server_opts *opts) {
     s->pick = opts->pick;
     s->conn_opts = opts->conn;
     s->max_conns = opts->max_conns;
+    s->proxy = opts->listener.proxy_protocol;
     s->cbs = opts->cbs ? opts->cbs : &no_callbacks;
     s->arg = opts->arg;
     s->on_shed = opts->listener.on_shed;
@@ -337,16 +342,25 @@ unsigned long long rx_server_accepted(const rx_server *s) {
     return n;
 }
 
-static unsigned long long shard_shed(const struct rx_server_shard *sh) {
-    return sh->listener ? rx_listener_shed(sh->listener) : sh->shed;
-}
+enum listener_count { COUNT_SHED, COUNT_REFUSED };
 
-unsigned long long rx_server_shed(const rx_server *s) {
-    unsigned long long n = shard_shed(&s->acceptor);
-    for (unsigned i = 0; i < s->nshards; i++)
-        n += shard_shed(&s->shards[i]);
+/* A listener count over the server: the live listeners' and the ones kept from those freed. */
+static unsigned long long listener_sum(const rx_server *s, enum listener_count k) {
+    unsigned long long n = 0;
+    for (unsigned i = 0; i <= s->nshards; i++) {
+        const struct rx_server_shard *sh = i < s->nshards ? &s->shards[i] : &s->acceptor;
+        const rx_listener *l = sh->listener;
+        if (k == COUNT_SHED)
+            n += l ? rx_listener_shed(l) : sh->shed;
+        else
+            n += l ? rx_listener_refused(l) : sh->refused;
+    }
     return n;
 }
+
+unsigned long long rx_server_shed(const rx_server *s) { return listener_sum(s, COUNT_SHED); }
+
+unsigned long long rx_server_refused(const rx_server *s) { return listener_sum(s, COUNT_REFUSED); }
 
 /* A connection outlives the server until its on_close returns: it forgets its owner first. */
 static void forget_conn(struct rx_server_shard *sh, rx_conn *c) {
