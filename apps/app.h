@@ -118,12 +118,18 @@ static inline const char *app_spread_name(rx_spread s) {
 /* The life of a server on a loop group, the same in both apps: SIGINT and SIGTERM are watched
  * once, on loop 0 (signals are process-wide: one watcher handles each delivery); the first one
  * stops the server gracefully, whose on_stopped (on loop 0 too) stops every loop, and main's
- * rx_loop_group_join returns. */
+ * rx_loop_group_join returns. With drain_ms (rx-http's --drain) the stop waits that long first,
+ * still accepting, after on_drain(drain_arg) ran on loop 0: time for a balancer's health checks to
+ * see the server going and send it no more connections; a second signal cuts the drain short. */
 typedef struct app_run {
     const char *prog;
     rx_loop_group *group;
     rx_server *server;
-    bool stopping; /* touched on loop 0's thread only */
+    uint64_t drain_ms;
+    void (*on_drain)(void *drain_arg);
+    void *drain_arg;
+    rx_timer *drain_timer;
+    bool stopping, draining; /* touched on loop 0's thread only */
 } app_run;
 
 static inline void app_on_stopped(void *arg) {
@@ -131,14 +137,46 @@ static inline void app_on_stopped(void *arg) {
     rx_loop_group_stop(r->group);
 }
 
+static inline void app_stop_now(app_run *r) {
+    if (r->draining)
+        rx_timer_stop(r->drain_timer);
+    r->draining = false;
+    rx_server_stop(r->server, 5000, app_on_stopped, r);
+}
+
+static inline void app_drained(rx_timer *t, void *arg) {
+    (void)t;
+    app_stop_now(arg);
+}
+
 static inline void app_on_signal(rx_signal *sig, int signo, void *arg) {
     (void)sig;
     app_run *r = arg;
+    if (r->draining) {
+        fprintf(stderr, "%s: %s, stopping now\n", r->prog, strsignal(signo));
+        app_stop_now(r);
+        return;
+    }
     if (r->stopping) /* a second signal changes nothing: the deadline bounds the stop already */
         return;
     r->stopping = true;
+    if (r->drain_timer && rx_timer_start(r->drain_timer, r->drain_ms, 0) == 0) {
+        fprintf(stderr, "%s: %s, draining for %llu ms, then stopping\n", r->prog, strsignal(signo),
+                (unsigned long long)r->drain_ms);
+        r->draining = true;
+        r->on_drain(r->drain_arg);
+        return;
+    }
     fprintf(stderr, "%s: %s, stopping\n", r->prog, strsignal(signo));
-    rx_server_stop(r->server, 5000, app_on_stopped, r);
+    app_stop_now(r);
+}
+
+/* At exit, after the join: how many connections --proxy-protocol refused (none without it). */
+static inline void app_print_refused(const char *prog, const rx_server *s,
+                                     const rx_server_opts *opts) {
+    if (opts->listener.proxy_protocol)
+        fprintf(stderr, "%s: %llu connections closed for a missing, bad or late PROXY header\n",
+                prog, rx_server_refused(s));
 }
 
 /* Call from main before rx_loop_group_start: rx blocks the signals in the calling thread, and
@@ -146,6 +184,10 @@ static inline void app_on_signal(rx_signal *sig, int signo, void *arg) {
  * after printing why. */
 static inline int app_watch_signals(app_run *r) {
     rx_loop *loop0 = rx_loop_group_loop(r->group, 0);
+    if (r->drain_ms && !(r->drain_timer = rx_timer_new(loop0, app_drained, r))) {
+        fprintf(stderr, "%s: out of memory\n", r->prog);
+        return -1;
+    }
     if (!rx_signal_new(loop0, SIGINT, app_on_signal, r) ||
         !rx_signal_new(loop0, SIGTERM, app_on_signal, r)) {
         fprintf(stderr, "%s: cannot watch signals: %s\n", r->prog, strerror(errno));
@@ -252,10 +294,12 @@ static inline unsigned app_loops(unsigned threads) {
 }
 
 /* Runs a master for `workers` workers serving as `server` says (its address, listener options,
- * spread) until it stopped: each worker gets one socket, or one per loop with reuseport. Returns
- * main's exit status. */
+ * spread) until it stopped: each worker gets one socket, or one per loop with reuseport. A worker
+ * asked to stop has drain_ms (its --drain) and 30 s more before it is killed. Returns main's exit
+ * status. */
 static inline int app_run_master(const char *prog, const rx_server_opts *server, unsigned threads,
-                                 unsigned workers, char **argv, unsigned long long nofile) {
+                                 unsigned workers, uint64_t drain_ms, char **argv,
+                                 unsigned long long nofile) {
     app_master a = {.prog = prog};
     unsigned loops = app_loops(threads);
     rx_master_opts opts = {
@@ -264,6 +308,7 @@ static inline int app_run_master(const char *prog, const rx_server_opts *server,
         .workers = workers,
         .sockets_per_worker = server->spread == RX_SPREAD_REUSEPORT ? loops : 1,
         .argv = argv,
+        .stop_timeout_ms = drain_ms + 30000,
         .on_worker = app_master_log,
         .arg = &a,
     };

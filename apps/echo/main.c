@@ -95,7 +95,7 @@ static void usage(FILE *out) {
         out,
         "usage: rx-echo [--listen ADDR] [--threads N] [--spread handoff|reuseport] [--workers N]\n"
         "               [--idle-timeout SECONDS] [--send-timeout SECONDS] [--max-conns N]\n"
-        "               [--help]\n"
+        "               [--proxy-protocol] [--help]\n"
         "  --listen ADDR           127.0.0.1:PORT, [::1]:PORT or unix:/path "
         "(default 127.0.0.1:7000)\n"
         "  --threads N             loops, one thread each (default 1, 0: one per CPU)\n"
@@ -108,7 +108,10 @@ static void usage(FILE *out) {
         "  --max-conns N           close connections beyond N at once (default: no "
         "limit)\n"
         "  --workers N             a master and N worker processes sharing the port (default\n"
-        "                          0: this process serves); SIGHUP reloads the workers\n");
+        "                          0: this process serves); SIGHUP reloads the workers\n"
+        "  --proxy-protocol        behind a layer-4 balancer: every connection starts with a\n"
+        "                          PROXY protocol header (v1 or v2), read before anything else;\n"
+        "                          a missing or bad one closes the connection\n");
 }
 
 int main(int argc, char **argv) {
@@ -121,6 +124,7 @@ int main(int argc, char **argv) {
         {"threads", required_argument, NULL, 'n'},
         {"spread", required_argument, NULL, 's'},
         {"workers", required_argument, NULL, 'W'},
+        {"proxy-protocol", no_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -132,7 +136,7 @@ int main(int argc, char **argv) {
     unsigned threads = 1, workers = 0;
     unsigned long long v;
     int ch;
-    while ((ch = getopt_long(argc, argv, "l:i:w:m:t:n:s:W:h", longopts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv, "l:i:w:m:t:n:s:W:Ph", longopts, NULL)) != -1) {
         switch (ch) {
         case 'l':
             opts.listen = optarg;
@@ -174,6 +178,9 @@ int main(int argc, char **argv) {
             if (app_parse_workers("rx-echo", optarg, &workers) < 0)
                 return 2;
             break;
+        case 'P':
+            opts.listener.proxy_protocol = true;
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -199,7 +206,7 @@ int main(int argc, char **argv) {
     unsigned long long nofile = app_raise_nofile();
     char prog[32] = "rx-echo";
     if (workers > 0 && rx_worker_slot() < 0)
-        return app_run_master(prog, &opts, threads, workers, argv, nofile);
+        return app_run_master(prog, &opts, threads, workers, 0, argv, nofile);
     int fds[APP_MAX_THREADS];
     if (app_inherit_sockets(prog, &opts, fds, APP_MAX_THREADS) < 0)
         return 1;
@@ -235,14 +242,16 @@ int main(int argc, char **argv) {
     if (!app_worker_serving(prog)) {
         char where[RX_ADDR_STRLEN];
         rx_addr_format(rx_server_addr(run.server), where, sizeof(where));
-        printf("rx-echo listening on %s (%u thread%s, spread %s, open files limit %llu)\n", where,
-               e.nloops, e.nloops == 1 ? "" : "s", app_spread_name(opts.spread), nofile);
+        printf("rx-echo listening on %s (%u thread%s, spread %s, open files limit %llu%s)\n", where,
+               e.nloops, e.nloops == 1 ? "" : "s", app_spread_name(opts.spread), nofile,
+               opts.listener.proxy_protocol ? ", PROXY protocol" : "");
         fflush(stdout);
     }
 
     int rc = app_run_group(&run);
     /* The threads are joined: what is left (connections aborted here, whose on_close counts them)
      * runs on this thread. */
+    app_print_refused(prog, run.server, &opts);
     rx_server_free(run.server);
     rx_loop_group_free(run.group);
     struct echo_loop sum = {0};

@@ -25,6 +25,8 @@ typedef struct http_config {
     size_t max_conns;
     const char *access_log; /* NULL: none; "-": stdout */
     unsigned io_threads;    /* work pool threads for file lookups and log writes; 0: inline */
+    uint64_t drain_ms;      /* --drain: serve on this long after SIGTERM, /healthz saying 503 */
+    bool proxy_protocol;    /* --proxy-protocol: a PROXY header starts every connection */
     /* --tune: techniques switched off, for benchmarks */
     bool backpressure, batch, date_cache, sendfile;
     bool cached_open; /* with io_threads, try the lookup on the loop first (RESOLVE_CACHED) */
@@ -81,7 +83,8 @@ typedef struct http_worker {
     void *job_pool;        /* recycled file jobs (--io-threads) */
     int last_status;       /* of the last response head written, for the access log */
     unsigned long long last_length;
-    bool stopping; /* the server stops: every answer closes its connection */
+    bool stopping; /* the server drains or stops: every answer closes its connection, /healthz
+                      says 503 */
     /* The access log: lines are appended to log_fill; before each poll they go to the file, with
      * --io-threads as a work request (log_out is then the buffer being written), else inline. */
     rx_buffer log_bufs[2];
@@ -136,6 +139,9 @@ void http_stats_sum(const http_server *srv, http_totals *out);
 /* The /stats body for a request on w's loop: every loop's counters and their sums, in w's buffer
  * (good until the next call on this loop). */
 const char *http_stats_body(http_worker *w);
+
+/* --drain began (loop 0, after SIGTERM): every loop's worker answers as if stopping. */
+void http_drain(void *srv);
 
 /* Response helpers (http_response.c). */
 const char *http_reason(int status);

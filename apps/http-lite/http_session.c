@@ -176,6 +176,15 @@ static int respond_options(session *s, const char *buf, const http_request *req,
     return http_write_head(s->w, out, 204, NULL, 0, keep_alive, allow_for(buf, req));
 }
 
+/* /healthz, for a balancer's health checks: 200 while serving, 503 once a stop or --drain began
+ * (with Connection: close, as every answer then). */
+static int respond_health(session *s, const http_request *req, int keep_alive) {
+    if (!s->w->stopping)
+        return respond_fixed(s, req, keep_alive, "text/plain", "ok\n");
+    return http_write_error(s->w, rx_conn_output(s->conn), 503, keep_alive, NULL,
+                            req->method == HTTP_M_HEAD);
+}
+
 /* /stats: every loop's counters and their sums (http_worker.c). */
 static int respond_stats(session *s, const http_request *req, int keep_alive) {
     return respond_fixed(s, req, keep_alive, "application/json", http_stats_body(s->w));
@@ -347,6 +356,8 @@ static void route(session *s, const char *buf, const http_request *req, const ch
         rc = respond_echo(s, buf, req, body, body_len, ka);
     else if (path_is(buf, req, "/stats"))
         rc = respond_stats(s, req, ka);
+    else if (path_is(buf, req, "/healthz"))
+        rc = respond_health(s, req, ka);
     else if (w->srv->pool)
         rc = start_file(s, buf, req, ka);
     else

@@ -124,3 +124,16 @@ void http_session_cleanup(http_server *srv) {
     srv->workers = NULL;
     srv->nworkers = 0;
 }
+
+static void drain_worker(void *arg) {
+    http_worker *w = arg;
+    w->stopping = true;
+}
+
+void http_drain(void *arg) {
+    http_server *srv = arg;
+    for (unsigned i = 0; i < srv->nworkers; i++)
+        if (rx_loop_post(srv->workers[i].loop, drain_worker, &srv->workers[i]) < 0)
+            fprintf(stderr,
+                    "rx-http: out of memory: a loop keeps its connections while draining\n");
+}

@@ -37,6 +37,12 @@ static void usage(FILE *out) {
             "  --max-body-bytes N       413 beyond this body size (default 1048576)\n"
             "  --max-conns N            close connections beyond N at once (default: no limit)\n"
             "  --access-log FILE|-      one line per request (default: none)\n"
+            "  --proxy-protocol         behind a layer-4 balancer: every connection starts with a\n"
+            "                           PROXY protocol header (v1 or v2), whose client address\n"
+            "                           the access log shows; a missing or bad one closes it\n"
+            "  --drain S                on SIGTERM, serve on for S seconds with /healthz saying\n"
+            "                           503 and every answer closing its connection, so that a\n"
+            "                           balancer moves away, then stop (default 0)\n"
             "  --io-threads N           open and stat static files the kernel's cache cannot\n"
             "                           answer at once, and write the access log, on a pool of N\n"
             "                           threads (default 0: everything on the loops)\n"
@@ -75,6 +81,8 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
         {"spread", required_argument, NULL, 's'},
         {"io-threads", required_argument, NULL, 'I'},
         {"workers", required_argument, NULL, 'W'},
+        {"proxy-protocol", no_argument, NULL, 'P'},
+        {"drain", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -92,6 +100,16 @@ static int parse_args(int argc, char **argv, http_config *cfg, rx_server_opts *o
         case 'a':
             cfg->access_log = optarg;
             continue;
+        case 'P':
+            cfg->proxy_protocol = true;
+            continue;
+        case 'D':
+            if (app_parse_count(optarg, 3600, &v) == 0) {
+                cfg->drain_ms = v * 1000;
+                continue;
+            }
+            name = "--drain (0 .. 3600 seconds)";
+            break;
         case 'T':
             if (tune_apply("rx-http", optarg, opts, &cfg->backpressure, app_switches, app_off) < 0)
                 return 2;
@@ -240,7 +258,7 @@ int main(int argc, char **argv) {
         if (srv.log_fd > STDOUT_FILENO)
             close(srv.log_fd);
         opts.listen = srv.cfg.listen;
-        return app_run_master(prog, &opts, threads, workers, argv, nofile);
+        return app_run_master(prog, &opts, threads, workers, srv.cfg.drain_ms, argv, nofile);
     }
     int fds[APP_MAX_THREADS];
     if (app_inherit_sockets(prog, &opts, fds, APP_MAX_THREADS) < 0)
@@ -254,7 +272,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     srv.shed.prog = prog;
-    app_run run = {.prog = prog};
+    app_run run = {
+        .prog = prog, .drain_ms = srv.cfg.drain_ms, .on_drain = http_drain, .drain_arg = &srv};
     srv.group = run.group = rx_loop_group_new(threads);
     if (!srv.group) {
         fprintf(stderr, "rx-http: cannot create the loops: %s\n", strerror(errno));
@@ -277,6 +296,10 @@ int main(int argc, char **argv) {
     opts.conn.max_input = srv.cfg.max_header_bytes + (size_t)srv.cfg.max_body_bytes + 128 * 1024;
     opts.max_conns = srv.cfg.max_conns;
     opts.listener.on_shed = on_shed;
+    opts.listener.proxy_protocol = srv.cfg.proxy_protocol;
+    /* The header comes before the request head, within the same bound. */
+    opts.listener.proxy_timeout_ms =
+        (unsigned)(srv.cfg.header_timeout_ms < 60000 ? srv.cfg.header_timeout_ms : 60000);
     opts.group = srv.group;
     srv.server = run.server = rx_server_new(srv.loop, &opts);
     if (!srv.server) {
@@ -299,16 +322,17 @@ int main(int argc, char **argv) {
         char where[RX_ADDR_STRLEN];
         rx_addr_format(rx_server_addr(srv.server), where, sizeof(where));
         printf("rx-http listening on http://%s/ (root %s, %u thread%s, spread %s, %u I/O "
-               "thread%s, open files limit %llu)\n",
+               "thread%s, open files limit %llu%s)\n",
                where, srv.cfg.root, srv.nworkers, srv.nworkers == 1 ? "" : "s",
                app_spread_name(opts.spread), srv.cfg.io_threads, srv.cfg.io_threads == 1 ? "" : "s",
-               nofile);
+               nofile, opts.listener.proxy_protocol ? ", PROXY protocol" : "");
         fflush(stdout);
     }
 
     rc = app_run_group(&run);
     /* The threads are joined: what is left (connections aborted here, whose on_close counts them)
      * runs on this thread, and only then are the workers' counters final. */
+    app_print_refused(prog, srv.server, &opts);
     rx_server_free(srv.server);
     /* Freeing the loops settles their file lookups (each connection's on_close cancels its own);
      * the pool is idle after. */
