@@ -230,6 +230,30 @@ class Echo(unittest.TestCase):
         finally:
             srv.stop()
 
+    def test_proxy_protocol_header_is_read_not_echoed(self):
+        """With --proxy-protocol the header is the server's, never echoed: what follows it is;
+        a connection without one is closed unanswered and counted at exit."""
+        srv = Server("--proxy-protocol")
+        try:
+            self.assertIn("PROXY protocol", srv.first_line)
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.sendall(b"PROXY TCP4 192.0.2.1 198.51.100.7 51234 7000\r\nhello")
+            self.assertEqual(s.recv(5), b"hello")
+            s.close()
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+            s.sendall(b"hello, no header\r\n")
+            try:  # closed on unread bytes: a reset, or an EOF
+                self.assertEqual(s.recv(100), b"")
+            except ConnectionResetError:
+                pass
+            s.close()
+            time.sleep(0.1)
+        finally:
+            rc, out, err = srv.stop()
+        self.assertEqual(rc, 0, err)
+        self.assertIn("1 connections, 5 bytes in, 5 bytes out", out)
+        self.assertIn("1 connections closed for a missing, bad or late PROXY header", err)
+
 
 class EchoThreads(unittest.TestCase):
     """--threads and --spread, whatever RX_TEST_THREADS says."""

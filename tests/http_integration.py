@@ -749,6 +749,155 @@ class HttpLite(unittest.TestCase):
         self.assertIn("2xx", st["responses"])
 
 
+V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+# A v2 PROXY header for TCP over IPv6 from [2001:db8::1]:443 to [2001:db8::2]:80, and a v2 LOCAL
+# one (what HAProxy's health checks send with check-send-proxy).
+V2_TCP6 = (V2_SIG + b"\x21\x21\x00\x24" + socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+           + socket.inet_pton(socket.AF_INET6, "2001:db8::2") + b"\x01\xbb\x00\x50")
+V2_LOCAL = V2_SIG + b"\x20\x00\x00\x00"
+
+
+class HttpBalancer(unittest.TestCase):
+    """Behind a balancer: --proxy-protocol, /healthz and --drain."""
+
+    def test_proxy_protocol_client_in_access_log(self):
+        """v1 and v2 headers name the client the access log shows, for every request of a
+        keep-alive connection; a LOCAL header (a health check) leaves the socket's own peer."""
+        with tempfile.TemporaryDirectory() as tmp:
+            log = os.path.join(tmp, "access.log")
+            srv = Server("--proxy-protocol", "--access-log", log)
+            try:
+                self.assertIn("PROXY protocol", srv.first_line)
+                v1 = srv.sock()
+                v1.sendall(b"PROXY TCP4 192.0.2.1 198.51.100.7 51234 8080\r\n"
+                           b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+                self.assertEqual(read_response(v1)[2], b"Hello, World!")
+                v1.sendall(b"GET /json HTTP/1.1\r\nHost: t\r\n\r\n")
+                self.assertEqual(read_response(v1)[0], 200)
+                v2 = srv.sock()
+                v2.sendall(V2_TCP6[:10])  # the header in two parts
+                time.sleep(0.05)
+                v2.sendall(V2_TCP6[10:] + b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+                self.assertEqual(read_response(v2)[0], 200)
+                local = srv.sock()
+                local.sendall(V2_LOCAL + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                self.assertEqual(read_response(local)[:3:2], (200, b"ok\n"))
+                own = local.getsockname()[1]
+                for s in (v1, v2, local):
+                    s.close()
+            finally:
+                rc, _, err = srv.stop()
+                self.assertEqual(rc, 0, err)
+            self.assertIn("0 connections closed for a missing, bad or late PROXY header", err)
+            with open(log) as f:
+                lines = f.read().splitlines()
+            self.assertEqual(lines, [
+                '192.0.2.1:51234 "GET /plaintext HTTP/1.1" 200 13',
+                '192.0.2.1:51234 "GET /json HTTP/1.1" 200 27',
+                '[2001:db8::1]:443 "GET /plaintext HTTP/1.1" 200 13',
+                '127.0.0.1:%d "GET /healthz HTTP/1.1" 200 3' % own])
+
+    def test_proxy_protocol_refuses_missing_bad_and_late_headers(self):
+        """A plain request, a malformed header and no header within --header-timeout each close
+        the connection without an answer; the count is printed at exit."""
+        srv = Server("--proxy-protocol", "--header-timeout", "1")
+        try:
+            for first in (b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n",
+                          b"PROXY TCP4 192.0.2.1 198.51.100.7 51234 99999\r\n"):
+                s = srv.sock()
+                s.sendall(first)
+                try:  # closed on unread bytes: a reset, or an EOF
+                    self.assertEqual(recv_until_closed(s, 3), b"", first)
+                except ConnectionResetError:
+                    pass
+                s.close()
+            s = srv.sock()
+            t0 = time.monotonic()
+            self.assertEqual(recv_until_closed(s, 5), b"")
+            waited = time.monotonic() - t0
+            self.assertGreater(waited, 0.8)
+            self.assertLess(waited, 4 if MEMCHECKED else 2.5)
+            s.close()
+        finally:
+            rc, _, err = srv.stop()
+        self.assertEqual(rc, 0, err)
+        self.assertIn("3 connections closed for a missing, bad or late PROXY header", err)
+
+    def test_without_the_flag_a_header_is_a_bad_request(self):
+        s = self.srv_plain.sock()
+        s.sendall(b"PROXY TCP4 192.0.2.1 198.51.100.7 51234 8080\r\n"
+                  b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, _, _ = read_response(s)
+        self.assertEqual((status, headers.get("connection")), (400, "close"))
+        s.close()
+
+    def test_healthz(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.srv_plain.port, timeout=5)
+        c.request("GET", "/healthz")
+        r = c.getresponse()
+        self.assertEqual((r.status, r.read()), (200, b"ok\n"))
+        c.request("HEAD", "/healthz")
+        r = c.getresponse()
+        self.assertEqual((r.status, r.read()), (200, b""))
+        c.close()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv_plain = Server()
+
+    @classmethod
+    def tearDownClass(cls):
+        assert cls.srv_plain.stop()[0] == 0
+
+    def test_drain_says_503_and_closes_while_serving_on(self):
+        """With --drain 2, SIGTERM is followed by 2 s in which the server still accepts and
+        answers, /healthz says 503 and every answer closes its connection; then it stops and
+        exits 0. Without a request in between, a keep-alive connection is closed at the stop."""
+        srv = Server("--drain", "2")
+        ka = srv.sock()
+        ka.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+        self.assertEqual(read_response(ka)[1].get("connection"), None)
+        idle = srv.sock()
+        idle.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+        read_response(idle)
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        h = srv.sock()  # a new connection, as a balancer's health check makes
+        h.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, _, rest = read_response(h)
+        self.assertEqual((status, headers.get("connection")), (503, "close"))
+        self.assertEqual(rest + recv_until_closed(h, 3), b"")
+        ka.sendall(b"GET /plaintext HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, body, rest = read_response(ka)
+        self.assertEqual((status, body, headers.get("connection")), (200, b"Hello, World!", "close"))
+        self.assertEqual(rest + recv_until_closed(ka, 3), b"")
+        self.assertLess(time.monotonic() - t0, 1.8, "too slow to test the drain")
+        self.assertIsNone(srv.proc.poll(), "stopped before the drain ended")
+        self.assertEqual(recv_until_closed(idle, 5), b"")  # closed at the stop
+        rc, _, err = srv.wait(10)
+        took = time.monotonic() - t0
+        self.assertEqual(rc, 0, err)
+        self.assertGreater(took, 1.9)
+        self.assertIn("draining for 2000 ms, then stopping", err)
+        for s in (ka, idle, h):
+            s.close()
+
+    def test_second_signal_ends_the_drain(self):
+        srv = Server("--drain", "60")
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        rc, _, err = srv.stop()
+        self.assertEqual(rc, 0, err)
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertIn("Terminated, stopping now", err)
+
+    def test_bad_drain_values_exit_2(self):
+        assert_rejected(self, BINARY, "--drain", ["", "x", "-1", "3601", "1.5"],
+                        "bad value '%s' for --drain")
+
+
 def read_head_bytes(data):
     """(status, headers, rest) of the response head at the start of data."""
     head, sep, rest = data.partition(b"\r\n\r\n")
@@ -982,7 +1131,8 @@ def main():
         print("curl not found; install it (apt-get install curl)", file=sys.stderr)
         return 1
     load = unittest.defaultTestLoader.loadTestsFromTestCase
-    suite = unittest.TestSuite([load(HttpLite), load(HttpThreads), load(HttpIoThreads)])
+    suite = unittest.TestSuite([load(HttpLite), load(HttpThreads), load(HttpIoThreads),
+                                 load(HttpBalancer)])
     result = unittest.TextTestRunner(verbosity=2).run(suite)
     return 0 if result.wasSuccessful() else 1
 
