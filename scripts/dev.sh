@@ -5,8 +5,9 @@
 #   scripts/dev.sh run [ARGS]  release build in build-run/, then run the demo server on
 #                              127.0.0.1:8080 (extra ARGS go to the server)
 #   scripts/dev.sh test        deps, then: a plain and an ASan+UBSan build (both --werror) with
-#                              all their tests, a 60 s bench/soak, the unit suites and the
-#                              app integration tests under valgrind, a TSan build with the unit
+#                              all their tests, a 60 s bench/soak, rx-http scaled out behind
+#                              HAProxy (tests/scaleout), the unit suites and the app
+#                              integration tests under valgrind, a TSan build with the unit
 #                              and integration tests (apps on 4 threads) and the fuzz pass;
 #                              prints every libcheck summary and one closing line
 #                              "N passed, N failed"
@@ -17,12 +18,13 @@ cd "$root"
 
 # Debian packages: build tools, libcheck, curl and python3 for integration tests, libevent for
 # the bench peer, valgrind for the valgrind pass, clang and its libFuzzer runtime (libclang-rt-dev,
-# not pulled in by clang) for the fuzz pass. libc6-dev is only a Recommends of gcc.
+# not pulled in by clang) for the fuzz pass, haproxy, wrk and iproute2 (ip netns) for the
+# scale-out pass (tests/scaleout). libc6-dev is only a Recommends of gcc.
 deps_packages=(meson ninja-build pkg-config check gcc libc6-dev python3 curl libevent-dev valgrind
-    clang libclang-rt-dev)
+    clang libclang-rt-dev haproxy wrk iproute2)
 
 usage() {
-    sed -n '2,12s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 log() { printf '\n=== %s\n' "$*"; }
@@ -247,6 +249,10 @@ cmd_test() {
         # bench/soak for 60 s, alone on the machine: its health answers must come within 50 ms.
         test_pass soak build-ci-plain testlog-soak.json --benchmark --suite soak \
             --logbase testlog-soak --verbose
+        # rx-http behind HAProxy on a network of namespaces, under wrk's load (about a minute);
+        # SKIP where no namespace can be made.
+        test_pass scaleout build-ci-plain testlog-scaleout.json --benchmark --suite scaleout \
+            --logbase testlog-scaleout --verbose
         test_pass valgrind build-ci-plain testlog-valgrind.json --setup valgrind --suite unit \
             --print-errorlogs --num-processes 2
         # The integration tests with every app server under valgrind (tests/appserver.py).
