@@ -18,10 +18,12 @@ cd "$root"
 
 # Debian packages: build tools, libcheck, curl and python3 for integration tests, libevent for
 # the bench peer, valgrind for the valgrind pass, clang and its libFuzzer runtime (libclang-rt-dev,
-# not pulled in by clang) for the fuzz pass, haproxy, wrk and iproute2 (ip netns) for the
-# scale-out pass (tests/scaleout). libc6-dev is only a Recommends of gcc.
+# not pulled in by clang) for the fuzz pass. libc6-dev is only a Recommends of gcc.
 deps_packages=(meson ninja-build pkg-config check gcc libc6-dev python3 curl libevent-dev valgrind
-    clang libclang-rt-dev haproxy wrk iproute2)
+    clang libclang-rt-dev)
+# Only for the scale-out pass (tests/scaleout), so only `test` and `deps` install them: haproxy
+# (whose package starts an idle service with no listener) and wrk, and iproute2 for ip netns.
+scaleout_packages=(haproxy wrk iproute2)
 
 usage() {
     sed -n '2,13s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
@@ -37,14 +39,14 @@ is_installed() {
     [[ $status == *"Status: install ok installed"* ]]
 }
 
-cmd_deps() {
+# install_deps PACKAGES...: installs those that are missing.
+install_deps() {
     if ! command -v dpkg >/dev/null 2>&1; then
-        echo "dev.sh deps: no dpkg here (not Debian); make sure these are installed:" \
-            "${deps_packages[*]}" >&2
+        echo "dev.sh deps: no dpkg here (not Debian); make sure these are installed:" "$*" >&2
         return 0
     fi
     local missing=() pkg
-    for pkg in "${deps_packages[@]}"; do
+    for pkg in "$@"; do
         is_installed "$pkg" || missing+=("$pkg")
     done
     if [[ ${#missing[@]} -eq 0 ]]; then
@@ -68,7 +70,7 @@ cmd_deps() {
 is_builddir() { [[ -f $1/meson-private/coredata.dat ]]; }
 
 cmd_run() {
-    cmd_deps
+    install_deps "${deps_packages[@]}"
     local dir=build-run
     if is_builddir "$dir"; then
         meson setup --reconfigure "$dir" --buildtype=release
@@ -231,6 +233,8 @@ print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PY
 }
+
+cmd_deps() { install_deps "${deps_packages[@]}" "${scaleout_packages[@]}"; }
 
 cmd_test() {
     cmd_deps
