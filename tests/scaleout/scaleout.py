@@ -368,6 +368,7 @@ def haproxy_config(mode, sock, backends):
     retries 3
     option redispatch 1"""
         server = check + " check-send-proxy send-proxy-v2"
+        rules = ""
     else:
         defaults = """\
     mode http
@@ -378,10 +379,11 @@ def haproxy_config(mode, sock, backends):
     timeout http-keep-alive 10s
     timeout http-request 5s
     # A request whose backend died or closed the connection under it is sent again, to another
-    # server each time (GETs only here, safe to repeat).
+    # server each time (only a GET or HEAD, which is safe to repeat: see rules below).
     retries 3
     option redispatch 1
     retry-on all-retryable-errors"""
+        rules = "\n    http-request disable-l7-retry unless METH_GET"
         server = check
     servers = "\n".join("    server %s %s:%d" % (b.name, b.ip, PORT) for b in backends)
     return """\
@@ -404,11 +406,11 @@ defaults
 listen {mode}
     bind {lb}:{port}
     balance roundrobin
-    option httpchk GET /healthz
+    option httpchk GET /healthz{rules}
     default-server {server}
 {servers}
-""".format(sock=sock, defaults=defaults, mode=mode, lb=LB_IP, port=PORT, server=server,
-           servers=servers)
+""".format(sock=sock, defaults=defaults, mode=mode, lb=LB_IP, port=PORT, rules=rules,
+           server=server, servers=servers)
 
 
 class Balancer:
