@@ -265,7 +265,7 @@ cmd_test() {
             --logbase testlog-valgrind-apps \
             --print-errorlogs
     else
-        echo "[soak, valgrind] skipped: the plain build failed" >&2
+        echo "[soak, scaleout, valgrind] skipped: the plain build failed" >&2
     fi
     # ThreadSanitizer: the unit suites (the group, threads and work suites among them) and the
     # integration tests, every app server running 4 loops (RX_TEST_THREADS adds --threads 4) and
