@@ -269,17 +269,19 @@ cmd_test() {
     fi
     # ThreadSanitizer: the unit suites (the group, threads and work suites among them) and the
     # integration tests, every app server running 4 loops (RX_TEST_THREADS adds --threads 4) and
-    # every rx-http serving files through a pool of 2 threads (RX_TEST_IO_THREADS).
+    # every rx-http serving files through a pool of 2 threads (RX_TEST_IO_THREADS); 300 fault
+    # schedules instead of 1,000 (the plain and ASan passes run them all).
     # halt_on_error makes any report end its process with status 66: the libcheck test (or the
     # integration test, which also scans the server's stderr for reports) fails.
     if build_dir tsan build-ci-tsan "${common[@]}" -Db_sanitize=thread -Db_lundef=false; then
-        RX_TEST_THREADS=4 RX_TEST_IO_THREADS=2 TSAN_OPTIONS='halt_on_error=1 exitcode=66 second_deadlock_stack=1' \
+        RX_FAULT_SEEDS=300 RX_TEST_THREADS=4 RX_TEST_IO_THREADS=2 TSAN_OPTIONS='halt_on_error=1 exitcode=66 second_deadlock_stack=1' \
             test_pass tsan build-ci-tsan testlog.json --suite unit --suite integration \
             --print-errorlogs --num-processes 2
     fi
-    # The libFuzzer targets (clang): each seed corpus, then a 30 s campaign per target.
+    # The libFuzzer targets (clang): each seed corpus, then a 15 s campaign per target (the long
+    # campaigns are run apart: docs/robustness.md).
     CC=clang build_pass fuzz build-ci-fuzz --werror -Dbuildtype=debugoptimized -Dfuzz=true \
-        -Dtests=false -Dbench=false -Dfuzz_seconds=30 || true
+        -Dtests=false -Dbench=false -Dfuzz_seconds=15 || true
     summarize
 }
 

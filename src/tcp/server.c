@@ -87,12 +87,12 @@ static void adopt(struct rx_server_shard *sh, int fd, const rx_addr *peer) {
 struct handoff {
     struct rx_server_shard *sh;
     int fd;
-    rx_addr peer;
+    rx_addr peer[]; /* the PROXY header's client: allocated only for a server that reads them */
 };
 
 static void handoff_run(void *arg) {
     struct handoff *h = arg;
-    adopt(h->sh, h->fd, &h->peer);
+    adopt(h->sh, h->fd, h->sh->s->proxy ? h->peer : NULL);
     rx_sys.free(h);
 }
 
@@ -117,9 +117,12 @@ static void on_accept(rx_listener *l, int fd, const rx_addr *peer, void *arg) {
     if (sh == &s->acceptor) {
         sh = shard_of(s, rx_loop_group_pick(s->group, s->pick));
         if (sh->loop != s->home) {
-            struct handoff *h = rx_sys.malloc(sizeof(*h));
-            if (h)
-                *h = (struct handoff){sh, fd, *peer};
+            struct handoff *h = rx_sys.malloc(sizeof(*h) + (s->proxy ? sizeof(*peer) : 0));
+            if (h) {
+                *h = (struct handoff){sh, fd};
+                if (s->proxy)
+                    h->peer[0] = *peer;
+            }
             if (!h || rx_loop_post_drop(sh->loop, handoff_run, handoff_drop, h) < 0) {
                 rx_sys.free(h);
                 close(fd);

@@ -26,7 +26,7 @@ Usage (as root, or with CAP_SYS_ADMIN and CAP_NET_ADMIN):
     scaleout.py [--seconds S] RX_HTTP [unittest arguments, e.g. L7.test_2_kill]
     python3 tests/scaleout/scaleout.py build/apps/http-lite/rx-http
 
---seconds: the load of each spread scenario (default 6; the kill scenario loads about as long).
+--seconds: the load of each spread scenario (default 4; the kill scenario loads about as long).
 Exits 77 (meson's SKIP) and says why when a network namespace cannot be made or ip (iproute2),
 haproxy or wrk is missing; 0 when every scenario passed, 1 otherwise; 2 on bad arguments."""
 import ctypes
@@ -44,7 +44,7 @@ import time
 import unittest
 
 RX_HTTP = None
-LOAD_SECONDS = 6.0
+LOAD_SECONDS = 4.0
 NET = None  # the Network, made in main() before any test runs
 RESULTS = []  # one dict per scenario, for the closing table
 
