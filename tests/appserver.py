@@ -19,6 +19,8 @@ VALGRIND = os.environ.get("RX_TEST_VALGRIND") == "1"
 # ASan and valgrind keep freed memory in quarantine (and valgrind adds its own), so RSS bounds
 # are looser under either.
 MEMCHECKED = VALGRIND or os.environ.get("RX_SANITIZED") == "1"
+# ThreadSanitizer's shadow and history take about 4 KiB more per connection of the server's.
+TSAN = "thread" in os.environ.get("RX_SANITIZER", "")
 
 
 def skip_under_valgrind(why):

@@ -15,7 +15,7 @@ import threading
 import time
 import unittest
 
-from appserver import (MEMCHECKED, AppServer, assert_rejected, exchange_concurrently,
+from appserver import (MEMCHECKED, TSAN, AppServer, assert_rejected, exchange_concurrently,
                        server_end_open, skip_under_valgrind, slow_reader, watch_slow_readers)
 
 # ASan and valgrind keep freed memory in quarantine, so RSS bounds are looser under them.
@@ -610,7 +610,10 @@ class HttpLite(unittest.TestCase):
                 read_response(t)
             time.sleep(0.2)
             per_conn = (srv.rss_kib() - before) * 1024 / (n - 100)
-            limit = 4096 if MEMCHECKED else 400
+            # The real bound is the plain build's; under a checker it only catches gross growth
+            # (TSan's own cost was 4,020-4,050 bytes a connection, before and after the PROXY
+            # protocol came).
+            limit = 8192 if TSAN else 4096 if MEMCHECKED else 400
             self.assertLess(per_conn, limit, "%.0f bytes per idle keep-alive connection"
                             % per_conn)
         finally:
