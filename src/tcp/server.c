@@ -92,7 +92,7 @@ struct handoff {
 
 static void handoff_run(void *arg) {
     struct handoff *h = arg;
-    adopt(h->sh, h->fd, h->sh->s->proxy ? h->peer : NULL);
+    adopt(h->sh, h->fd, h->peer); /* read only when the server reads headers */
     rx_sys.free(h);
 }
 
