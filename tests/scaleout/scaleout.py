@@ -258,7 +258,7 @@ def missing_prerequisite():
                      ["link", "add", "va", "type", "veth", "peer", "name", "vb"]):
             r = subprocess.run(["ip", "-n", probe, *argv], capture_output=True, text=True)
             if r.returncode != 0:
-                return "cannot create a %s in a namespace: %s" % (argv[3], r.stderr.strip())
+                return "cannot create a %s in a namespace: %s" % (argv[4], r.stderr.strip())
         # ip netns exec remounts /sys for the namespace: some containers forbid that.
         r = subprocess.run(["ip", "netns", "exec", probe, "true"], capture_output=True, text=True)
         if r.returncode != 0:
