@@ -248,14 +248,14 @@ def missing_prerequisite():
     for tool, pkg in (("ip", "iproute2"), ("haproxy", "haproxy"), ("wrk", "wrk")):
         if not shutil.which(tool):
             return "%s not found (Debian package %s)" % (tool, pkg)
-    # ip netns switches mount namespaces and remounts / as a slave, which a chroot forbids (its /
-    # is no mount point); trying would also leave its /run/netns mount behind in the chroot.
+    # ip netns switches mount namespaces and remounts / as a slave, which fails where / is no
+    # mount point (a chroot); trying would also leave its /run/netns mount behind there.
     try:
-        root, init_root = os.stat("/"), os.stat("/proc/1/root")
-        if (root.st_dev, root.st_ino) != (init_root.st_dev, init_root.st_ino):
-            return "running in a chroot (/ is not the root of process 1): ip netns cannot work here"
+        with open("/proc/self/mountinfo") as f:
+            if not any(line.split()[4] == "/" for line in f):
+                return "/ is not a mount point here (a chroot?): ip netns cannot remount it"
     except OSError:
-        pass  # no /proc, or not allowed to look: the probe below decides
+        pass  # no /proc: the probe below decides
     probe = "rxso%d-probe" % os.getpid()
     r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if r.returncode != 0:
